@@ -1,5 +1,12 @@
 """Token-exact haystacks: needle insertion at a depth, question and answer templates (pure functions)."""
 
+import bisect
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from harness.errors import UserError
+
 # The needle and question formats are shared with the reference trainer (harness.reference), which
 # mixes the same retrieval examples into training. Change them only together.
 NEEDLE_TEMPLATE = "The special magic {city} number is: {number}."
@@ -16,3 +23,304 @@ CITIES = (
     "Caracas", "Nairobi", "Lagos", "Accra", "Dakar", "Tunis", "Algiers",
 )
 DEFAULT_DIGITS = 7
+
+
+SENTENCE_ENDS = ".!?"
+
+
+@dataclass(frozen=True)
+class Needle:
+    """The needle drawn for one (seed, trial): its city and number (a string of digits)."""
+
+    city: str
+    """City named in the needle and in the question."""
+    number: str
+    """The number to retrieve, as digits (first digit never 0)."""
+
+    @property
+    def text(self) -> str:
+        """The needle sentence."""
+        return NEEDLE_TEMPLATE.format(city=self.city, number=self.number)
+
+
+@dataclass(frozen=True)
+class NeedlePrompt:
+    """A token-exact needle prompt: ids, where the number sits, the gold answer and what was adjusted."""
+
+    input_ids: tuple[int, ...]
+    """Prompt token ids, exactly `context_length` of them (BOS, haystack with needle, question)."""
+    needle_span: tuple[int, int]
+    """[start, end) of the needle number's tokens in `input_ids` (they decode to `number`)."""
+    answer_ids: tuple[int, ...]
+    """Gold continuation " {number}." as token ids (teacher-forced for answer_nll)."""
+    city: str
+    """City named in the needle and the question."""
+    number: str
+    """The needle's number as a string of digits."""
+    depth: float
+    """Requested depth in [0, 1]."""
+    context_length: int
+    """Requested (and actual) prompt length in tokens."""
+    adjustments: tuple[str, ...]
+    """One line per piece that was adjusted to hit the exact length or a boundary."""
+    needle_start: int = 0
+    """Index of the needle sentence's first token in `input_ids`."""
+    haystack_tokens: int = 0
+    """Number of corpus tokens in the prompt."""
+    answer_digit_span: tuple[int, int] = (0, 0)
+    """[start, end) of the number's tokens within `answer_ids`."""
+
+
+def special_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """Token ids the tokenizer puts before any text (BOS, if it adds one), as it gives them."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    n = len(without)
+    for start in range(len(with_special) - n + 1):
+        if list(with_special[start : start + n]) == list(without):
+            return tuple(with_special[:start])
+    return ()
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def draw_needle(seed: int, trial: int, *, cities: Sequence[str] = CITIES, digits: int = DEFAULT_DIGITS) -> Needle:
+    """City and number for (seed, trial): identical for every length, depth and model."""
+    if not cities:
+        raise UserError("cities is empty; give at least one city name")
+    if not isinstance(digits, int) or isinstance(digits, bool) or digits < 1:
+        raise UserError(f"digits={digits!r} is not allowed; use an integer >= 1")
+    rng = random.Random(f"lch-needle:{seed}:{trial}")
+    city = rng.choice(list(cities))
+    number = str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+    return Needle(city, number)
+
+
+def _span_of_number(tokenizer: Any, ids: Sequence[int], span: tuple[int, int], number: str) -> bool:
+    start, end = span
+    return end > start and tokenizer.decode(list(ids[start:end])).strip() == number
+
+
+def needle_tokens(tokenizer: Any, needle: Needle) -> tuple[list[int], tuple[int, int], list[str]]:
+    """Needle sentence (ending with a newline) as ids and the [start, end) of its number's tokens.
+
+    Tokenised whole when the tokenizer keeps the number on its own tokens (found by offsets);
+    otherwise tokenised in three pieces so that the number's tokens are exact.
+    """
+    text = needle.text + "\n"
+    lo = len(NEEDLE_TEMPLATE.split("{number}")[0].format(city=needle.city))
+    hi = lo + len(needle.number)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        inside = [i for i, (a, b) in enumerate(offsets) if a < hi and b > lo]
+        if inside:
+            span = (inside[0], inside[-1] + 1)
+            whole_digits = all(lo - 1 <= offsets[i][0] and offsets[i][1] <= hi for i in inside)
+            if whole_digits and _span_of_number(tokenizer, ids, span, needle.number):
+                return ids, span, []
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass  # slow tokenizers have no offsets: fall through to pieces
+    head, num, tail = encode(tokenizer, text[:lo].rstrip(" ")), encode(tokenizer, " " + needle.number), encode(tokenizer, text[hi:])
+    span = (len(head), len(head) + len(num))
+    ids = head + num + tail
+    if not _span_of_number(tokenizer, ids, span, needle.number):
+        raise UserError(f"this tokenizer cannot keep the needle number {needle.number} on tokens of its own")
+    return ids, span, ["needle: tokenised in pieces (prefix, number, suffix) so the number keeps its own tokens"]
+
+
+def answer_tokens(tokenizer: Any, number: str) -> tuple[list[int], tuple[int, int]]:
+    """Gold answer " {number}." as ids, and the [start, end) of the number's tokens within it."""
+    text = ANSWER_TEMPLATE.format(number=number)
+    ids = encode(tokenizer, text)
+    for start in range(len(ids)):
+        for end in range(len(ids), start, -1):
+            if tokenizer.decode(ids[start:end]).strip() == number:
+                return ids, (start, end)
+    raise UserError(f"this tokenizer merges the answer number {number} with its neighbours; the answer cannot be scored")
+
+
+class HaystackSource:
+    """Corpus documents tokenised lazily (each once) for one tokenizer, with their insertion boundaries."""
+
+    def __init__(self, tokenizer: Any, documents: Sequence[str], *, name: str = "corpus", batch: int = 16):
+        self.tokenizer = tokenizer
+        self.texts = [d for d in documents if d.strip()]
+        self.name = name
+        self.batch = batch
+        self._ids: dict[int, list[int]] = {}
+        self._bounds: dict[int, list[int]] = {}
+        self._ends: dict[int, bool] = {}  # token id -> decoded text ends a line or sentence
+        self._starts_space: dict[int, bool] = {}
+        self.total_chars = sum(len(t) for t in self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def order(self, seed: int, trial: int) -> list[int]:
+        """Document order for (seed, trial)."""
+        order = list(range(len(self.texts)))
+        random.Random(f"lch-haystack:{seed}:{trial}").shuffle(order)
+        return order
+
+    def _tokenize(self, indices: Sequence[int]) -> None:
+        todo = [i for i in indices if i not in self._ids]
+        if not todo:
+            return
+        enc = self.tokenizer([self.texts[i] for i in todo], add_special_tokens=False)["input_ids"]
+        for i, ids in zip(todo, enc):
+            ids = list(ids)
+            self._ids[i] = ids
+            self._bounds[i] = self._boundaries(ids)
+
+    def _token_flags(self, tid: int) -> tuple[bool, bool]:
+        if tid not in self._ends:
+            text = self.tokenizer.decode([tid])
+            piece = self.tokenizer.convert_ids_to_tokens(tid) or ""
+            self._ends[tid] = text.endswith("\n") or text.rstrip(" \t").endswith(tuple(SENTENCE_ENDS))
+            self._starts_space[tid] = text[:1].isspace() or piece[:1] in ("Ġ", "▁", "Ċ")
+        return self._ends[tid], self._starts_space[tid]
+
+    def _boundaries(self, ids: Sequence[int]) -> list[int]:
+        """Token positions (0..len) where a needle may go: document start/end, after a line or sentence end."""
+        out = [0]
+        for j, tid in enumerate(ids[:-1]):
+            ends, _ = self._token_flags(tid)
+            if not ends:
+                continue
+            text = self.tokenizer.decode([tid])
+            if text.endswith("\n") or text[-1:].isspace() or self._token_flags(ids[j + 1])[1]:
+                out.append(j + 1)
+        out.append(len(ids))
+        return out
+
+    def haystack(self, n_tokens: int, seed: int, trial: int) -> tuple[list[int], list[int], int]:
+        """First `n_tokens` corpus tokens in the (seed, trial) order, boundary positions, documents used.
+
+        Raises UserError when the corpus holds fewer tokens (the message gives the total).
+        """
+        ids: list[int] = []
+        bounds: list[int] = [0]
+        order = self.order(seed, trial)
+        used = 0
+        for k in range(0, len(order), self.batch):
+            if len(ids) >= n_tokens:
+                break
+            chunk = order[k : k + self.batch]
+            self._tokenize(chunk)
+            for i in chunk:
+                if len(ids) >= n_tokens:
+                    break
+                off = len(ids)
+                bounds.extend(off + b for b in self._bounds[i][1:])
+                ids.extend(self._ids[i])
+                used += 1
+        if len(ids) < n_tokens:
+            raise _CorpusTooSmall(len(ids))
+        return ids[:n_tokens], [b for b in bounds if b <= n_tokens] + [n_tokens], used
+
+    def total_tokens(self) -> int:
+        """Tokens in the whole corpus for this tokenizer (tokenises every document)."""
+        self._tokenize(range(len(self.texts)))
+        return sum(len(v) for v in self._ids.values())
+
+
+class _CorpusTooSmall(Exception):
+    def __init__(self, available: int):
+        self.available = available
+
+
+_SOURCES: dict[tuple[int, str], tuple[Any, HaystackSource]] = {}
+
+
+def haystack_source(tokenizer: Any, corpus: Any) -> HaystackSource:
+    """The cached HaystackSource of `corpus` (a harness.corpus.Corpus) for `tokenizer`: tokenised once."""
+    key = (id(tokenizer), getattr(corpus, "fingerprint", str(id(corpus))))
+    hit = _SOURCES.get(key)
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    texts = [d.text if hasattr(d, "text") else str(d) for d in corpus.documents]
+    source = HaystackSource(tokenizer, texts, name=getattr(corpus, "spec", "corpus"))
+    if len(_SOURCES) > 8:
+        _SOURCES.clear()
+    _SOURCES[key] = (tokenizer, source)  # keeps the tokenizer alive so its id is never reused
+    return source
+
+
+def check_depth(depth: float) -> float:
+    """Depth as a float in [0, 1], else UserError."""
+    try:
+        d = float(depth)
+    except (TypeError, ValueError):
+        raise UserError(f"depth {depth!r} is not a number; depths are fractions in [0, 1]") from None
+    if not 0.0 <= d <= 1.0:
+        raise UserError(f"depth {depth!r} is outside [0, 1]; depths are fractions of the haystack (0 = start, 1 = end)")
+    return d
+
+
+def build_needle_prompt(
+    tokenizer: Any,
+    source: HaystackSource,
+    length: int,
+    depth: float,
+    *,
+    seed: int = 0,
+    trial: int = 0,
+    cities: Sequence[str] = CITIES,
+    digits: int = DEFAULT_DIGITS,
+) -> NeedlePrompt:
+    """A prompt of exactly `length` tokens: BOS, haystack with the needle at `depth`, question and answer prefix.
+
+    The needle goes on the last line or sentence boundary at or before the depth-fraction point of
+    the haystack (depth 0: right after BOS; depth 1: right before the question). Pure and
+    deterministic in (seed, trial, length, depth).
+    """
+    depth = check_depth(depth)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise UserError(f"context length {length!r} is not allowed; use a positive integer")
+    needle = draw_needle(seed, trial, cities=cities, digits=digits)
+    bos = list(special_prefix(tokenizer))
+    needle_ids, (n0, n1), adjustments = needle_tokens(tokenizer, needle)
+    question = encode(tokenizer, QUESTION_TEMPLATE.format(city=needle.city))
+    answer, answer_span = answer_tokens(tokenizer, needle.number)
+    fixed = len(bos) + len(needle_ids) + len(question)
+    n_hay = length - fixed
+    if n_hay < 0:
+        raise UserError(
+            f"context length {length} is below the prompt's fixed parts (BOS, needle, question: {fixed} tokens "
+            f"for city {needle.city!r}); the minimum is {fixed}"
+        )
+    try:
+        hay, bounds, used = source.haystack(n_hay, seed, trial)
+    except _CorpusTooSmall as e:
+        raise UserError(
+            f"context length {length} needs {n_hay} haystack tokens but corpus {source.name!r} holds only "
+            f"{e.available} for this tokenizer; the maximum is {e.available + fixed}"
+        ) from None
+    adjustments = list(adjustments)
+    adjustments.append(f"haystack: {used} document(s) cut to {n_hay} tokens to make the prompt exactly {length}")
+    target = int(depth * n_hay)
+    at = bounds[bisect.bisect_right(bounds, target) - 1]
+    if at != target:
+        adjustments.append(f"needle: moved back {target - at} token(s) from {target} to the boundary at {at}")
+    ids = bos + hay[:at] + needle_ids + hay[at:] + question
+    start = len(bos) + at
+    span = (start + n0, start + n1)
+    if len(ids) != length or tokenizer.decode(ids[span[0] : span[1]]).strip() != needle.number:
+        raise AssertionError(f"needle prompt construction broke: {len(ids)} tokens for {length}")  # internal bug
+    return NeedlePrompt(
+        input_ids=tuple(ids),
+        needle_span=span,
+        answer_ids=tuple(answer),
+        city=needle.city,
+        number=needle.number,
+        depth=depth,
+        context_length=length,
+        adjustments=tuple(adjustments),
+        needle_start=start,
+        haystack_tokens=n_hay,
+        answer_digit_span=answer_span,
+    )
