@@ -1,0 +1,73 @@
+"""Tiny random checkpoints and tokenizers built offline in temporary directories (for tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (GemmaConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen3Config, AutoModelForCausalLM)
+
+from harness.attention import add_ssmax_parameters, attention_modules
+
+SAMPLE_TEXT = (
+    "def main(argv):\n    return 0\n\nclass Thing(object):\n    \"\"\"A thing.\"\"\"\n"
+    "The special magic Tokyo number is: 8106422.\nQuestion: What is the special magic Paris number?\n"
+    "Answer: The special magic Paris number is: 1234567.\n"
+    "import os, sys\nfor i in range(10):\n    print(i, 'hello world')\n"
+)
+
+FAMILIES = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "gemma": GemmaConfig,
+}
+
+
+def build_tokenizer(kind: str = "bpe") -> PreTrainedTokenizerFast:
+    """A small tokenizer: `bpe` (digits split, byte-level BPE) or `byte` (one token per byte)."""
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    vocab = 400 if kind == "bpe" else 257
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([SAMPLE_TEXT * 3], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def build_model(family: str = "llama", vocab_size: int = 400, *, ssmax: bool = False, bias: bool = False,
+                training_length: int | None = 64, seed: int = 0, **overrides):
+    """A tiny random causal LM of a RoPE decoder family (optionally with learned SSMax parameters)."""
+    torch.manual_seed(seed)
+    kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=4096,
+                  bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if family == "gemma":
+        kwargs["head_dim"] = 8
+    kwargs.update(overrides)
+    config = FAMILIES[family](**kwargs)
+    if training_length:
+        config.training_length = training_length
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if ssmax:
+        add_ssmax_parameters(model, 0.3, bias=bias, init_b=0.05)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, module in attention_modules(model):
+                module.ssmax_s.copy_(torch.rand(module.ssmax_s.shape, generator=generator) * 0.5 + 0.1)
+    return model
+
+
+def save_checkpoint(path: Path, family: str = "llama", tokenizer: str = "bpe", **kwargs) -> Path:
+    """Build a tiny model and its tokenizer and save both (safetensors) under `path`."""
+    tok = build_tokenizer(tokenizer)
+    model = build_model(family, vocab_size=len(tok), **kwargs)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return Path(path)
