@@ -1,0 +1,320 @@
+"""The `lch` command line: tasks, run, bench, plot, heatmap, compare, demo, reference build.
+
+Bad input (a UserError or a bad option) ends with one line on stderr and exit code 2; `--debug` adds
+the traceback. Heavy imports (torch, transformers) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from harness.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Group(TyperGroup):
+    """Typer group that reports user errors as one line (exit 2) for both the script and CliRunner."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except UserError as e:
+            _fail(str(e), debug)
+        except typer.Abort:
+            _fail("aborted", debug, code=EXIT_INTERRUPTED)
+        except Exception as e:
+            if not hasattr(e, "format_message"):  # not a click usage error: a bug, show it
+                raise
+            _fail(e.format_message(), debug, code=getattr(e, "exit_code", EXIT_USAGE))
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, debug: bool, code: int = EXIT_USAGE):
+    if debug:
+        traceback.print_exc()
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Evaluate softmax and SSMax attention at long context.")
+reference_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The committed reference softmax/SSMax pair.")
+app.add_typer(reference_app, name="reference")
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    auto = "auto"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows of dicts as an aligned plain-text table (floats with 4 significant digits)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    body = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+
+@app.command()
+def tasks(task: Annotated[Optional[str], typer.Argument(help="show this task's parameters")] = None):
+    """List tasks; with TASK, its parameters, types, defaults and docs."""
+    from evals import get_task, list_tasks, param_infos
+
+    if task is None:
+        rows = [{"task": n, "tables": ",".join(get_task(n).tables), "description": _first_line(get_task(n))}
+                for n in list_tasks()]
+        typer.echo(format_table(rows))
+        return
+    t = get_task(task)
+    typer.echo(f"{t.name}: {_first_line(t)}\ntables: {', '.join(t.tables)}\n")
+    rows = [{"parameter": p.name, "type": p.type, "default": _show(p.default), "doc": p.doc} for p in param_infos(t)]
+    typer.echo(format_table(rows))
+    typer.echo(f"\nset with -T name=value (lists as a,b,c), e.g. lch run {t.name} --model M -T seed=1")
+
+
+def _first_line(obj) -> str:
+    return ((type(obj).__doc__ or "").strip().splitlines() or [""])[0]
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+# --------------------------------------------------------------------------------------------- run
+
+_CONFIG_KEYS = ("task", "params", "models")
+_MODEL_KEYS = ("model", "attention", "rope_theta")
+
+
+def read_run_config(path: Path) -> dict:
+    """A run.yaml (task, params, models: [{model, attention, rope_theta}]) checked for shape."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"--config {str(path)!r}: no such file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"--config {str(path)!r}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        raise UserError(f"--config {str(path)!r}: expected a mapping with keys {', '.join(_CONFIG_KEYS)}")
+    unknown = sorted(set(doc) - set(_CONFIG_KEYS))
+    if unknown:
+        raise UserError(f"--config {str(path)!r}: unknown key {unknown[0]!r}; allowed: {', '.join(_CONFIG_KEYS)}")
+    if "task" in doc and not isinstance(doc["task"], str):
+        raise UserError(f"--config {str(path)!r}: 'task' must be a task name, got {doc['task']!r}")
+    if not isinstance(doc.get("params") or {}, dict):
+        raise UserError(f"--config {str(path)!r}: 'params' must be a mapping of name: value")
+    models = doc.get("models") or []
+    if not isinstance(models, list):
+        raise UserError(f"--config {str(path)!r}: 'models' must be a list of {{model, attention, rope_theta}}")
+    parsed = []
+    for i, entry in enumerate(models):
+        entry = {"model": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise UserError(f"--config {str(path)!r}: models[{i}] needs 'model: <path or id>'")
+        bad = sorted(set(entry) - set(_MODEL_KEYS))
+        if bad:
+            raise UserError(f"--config {str(path)!r}: models[{i}] has unknown key {bad[0]!r}; allowed: {', '.join(_MODEL_KEYS)}")
+        theta = entry.get("rope_theta")
+        if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
+            raise UserError(f"--config {str(path)!r}: models[{i}].rope_theta must be a number, got {theta!r}")
+        if entry.get("attention") is not None and not isinstance(entry["attention"], str):
+            raise UserError(f"--config {str(path)!r}: models[{i}].attention must be a spec string")
+        parsed.append(entry)
+    return {"task": doc.get("task"), "params": dict(doc.get("params") or {}), "models": parsed}
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """-T name=value strings -> {name: value} (the task's Params parse the values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"bad -T {item!r}: expected name=value, e.g. -T lengths=256,512")
+        out[key.strip()] = value
+    return out
+
+
+@app.command()
+def run(
+    task: Annotated[Optional[str], typer.Argument(help="task name (lch tasks); optional with --config")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="local dir, hub id or reference/NAME (repeatable)")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="attention spec for --model, e.g. ssmax(s=auto)")] = None,
+    rope_theta: Annotated[Optional[float], typer.Option("--rope-theta", help="RoPE base at evaluation")] = None,
+    task_param: Annotated[Optional[list[str]], typer.Option("--task-param", "-T", help="name=value (repeatable)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="run.yaml: task, params, models")] = None,
+    out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="run name (default: task + hash of the configuration)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:<index>")] = "auto",
+    dtype: Annotated[Optional[DType], typer.Option(help="weights dtype (default float32)")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+):
+    """Run TASK on one or more models; rerunning the same command resumes."""
+    from harness.runner import ModelRequest, RunInterrupted, run_task
+
+    cfg = read_run_config(config) if config else {"task": None, "params": {}, "models": []}
+    if task and cfg["task"] and task != cfg["task"]:
+        raise UserError(f"task {task!r} given, but --config says {cfg['task']!r}")
+    task = task or cfg["task"]
+    if not task:
+        raise UserError("give a TASK (lch tasks lists them) or 'task:' in --config")
+    params = {**cfg["params"], **parse_overrides(task_param or [])}
+    models = [ModelRequest(m["model"], m.get("attention", attention), m.get("rope_theta", rope_theta))
+              for m in cfg["models"]]
+    models += [ModelRequest(m, attention, rope_theta) for m in model or []]
+    if not models:
+        raise UserError("give at least one --model (or 'models:' in --config)")
+    try:
+        run_dir = run_task(task, models, params, out_root=out, name=name, device=device,
+                           dtype=dtype.value if dtype else None, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code, progress=progress)
+    except RunInterrupted as e:
+        typer.echo(f"interrupted: {e.done}/{e.total} cells saved in {e.run_dir}. Resume with the same command:\n"
+                   f"  lch {shlex.join(sys.argv[1:])}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    _print_summary(run_dir)
+
+
+def _print_summary(run_dir: Path) -> None:
+    from harness.results import load_run, read_manifest
+
+    manifest, tables = read_manifest(run_dir), load_run(run_dir)
+    cells = tables.get("cells")
+    rows = []
+    if cells is not None and len(cells):
+        for (m, a, t), g in cells.groupby(["model", "attention", "rope_theta"], dropna=False, sort=False):
+            rows.append({"model": m, "attention": a, "rope_theta": t, "cells": len(g),
+                         "seconds": float(g["seconds"].sum())})
+    typer.echo(format_table(rows))
+    sizes = ", ".join(f"{n} ({len(df)} rows)" for n, df in tables.items() if n != "cells")
+    typer.echo(f"{manifest['cells_done']}/{manifest['cells_total']} cells; tables: {sizes}")
+    typer.echo(f"run dir: {run_dir}")
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    name: Annotated[Optional[str], typer.Argument(help="benchmark name (default: all)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, for a smoke test")] = False,
+    out: Annotated[Path, typer.Option(help="output root; JSON goes to OUT/bench/NAME.json")] = Path("results"),
+    list_only: Annotated[bool, typer.Option("--list", help="list the benchmarks and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+):
+    """Performance benchmarks: tables of ratios measured in one run, written as JSON."""
+    from harness.bench import get_bench, list_benches, run_bench
+
+    benches = [get_bench(name)] if name else list_benches()
+    if list_only or not benches:
+        typer.echo(format_table([{"benchmark": b.name, "description": b.description} for b in benches]))
+        return
+    for b in benches:
+        typer.echo(f"== {b.name}: {b.description}")
+        result, path = run_bench(b.name, quick=quick, out_root=out)
+        typer.echo(format_table(result.get("rows", [])))
+        ratios = result.get("ratios") or {}
+        if ratios:
+            typer.echo("ratios: " + ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
+                                              for k, v in ratios.items()))
+        typer.echo(f"wrote {path}\n")
+
+
+# ------------------------------------------------------------------------------------ figures etc.
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    out: Annotated[Optional[Path], typer.Option(help="figure folder (default RUN_DIR/figures)")] = None,
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+):
+    """Draw every figure the run's task draws."""
+    from evals import get_task
+    from harness.results import load_run, read_manifest
+
+    manifest = read_manifest(run_dir)
+    task = get_task(manifest["task"])
+    out = out or Path(run_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = task.figures(load_run(run_dir), manifest, out) or []
+    typer.echo("\n".join(map(str, paths)) if paths else f"task {task.name!r} draws no figures")
+
+
+@app.command()
+def heatmap(run_dir: Annotated[Path, typer.Argument()], out: Annotated[Optional[Path], typer.Option()] = None,
+            debug: Annotated[bool, typer.Option("--debug")] = False):
+    """Needle heatmaps of a run (accuracy over context length x depth)."""
+    _not_yet("heatmap")
+
+
+@app.command()
+def compare(run_dirs: Annotated[list[Path], typer.Argument()], out: Annotated[Optional[Path], typer.Option()] = None,
+            debug: Annotated[bool, typer.Option("--debug")] = False):
+    """Compare runs side by side (tables and figures)."""
+    _not_yet("compare")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option()] = Path("results"), debug: Annotated[bool, typer.Option("--debug")] = False):
+    """The main job on the embedded reference pair, offline."""
+    _not_yet("demo")
+
+
+@reference_app.command("build")
+def reference_build(
+    variant: Annotated[str, typer.Option(help="softmax | ssmax | both")] = "both",
+    out: Annotated[Optional[Path], typer.Option(help="where the weights go (default: the package's models/)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps (default: the recipe's)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a few steps, for a smoke test")] = False,
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+):
+    """Retrain the reference softmax/SSMax pair."""
+    try:
+        from harness.reference import build_reference
+    except ImportError:
+        _not_yet("reference build")
+    build_reference(variant, out, steps=steps, quick=quick)
+
+
+def _not_yet(command: str):
+    raise UserError(f"'lch {command}' is not available yet in this version")
+
+
+if __name__ == "__main__":
+    app()

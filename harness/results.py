@@ -1,0 +1,57 @@
+"""Run directories <-> pandas DataFrames. Imports no torch, so notebooks that only read results start fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UserError
+
+MANIFEST = "manifest.json"
+TABLES = "tables"
+
+
+def read_manifest(run_dir) -> dict:
+    """The manifest.json of a run directory as a dict."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def _expand(run_dirs) -> list[Path]:
+    """Run dirs as given; a folder without a manifest stands for the runs directly inside it."""
+    out = []
+    for d in map(Path, run_dirs):
+        if (d / MANIFEST).is_file():
+            out.append(d)
+        elif d.is_dir() and (children := sorted(c for c in d.iterdir() if (c / MANIFEST).is_file())):
+            out.extend(children)
+        else:
+            raise UserError(f"{d}: not a run directory (no {MANIFEST}) and holds none")
+    return out
+
+
+def load_run(run_dir) -> dict[str, pd.DataFrame]:
+    """The tables of one run directory (name -> DataFrame), without a `run` column."""
+    tables_dir = Path(run_dir) / TABLES
+    if not tables_dir.is_dir():
+        return {}
+    return {p.stem: pd.read_parquet(p) for p in sorted(tables_dir.glob("*.parquet"))}
+
+
+def load(*run_dirs) -> dict[str, pd.DataFrame]:
+    """Tables of one or more runs (any mix of tasks), concatenated per name, with a leading `run` column."""
+    dirs = _expand(run_dirs)
+    if not dirs:
+        raise UserError("give at least one run directory")
+    names = [d.name for d in dirs]
+    labels = names if len(set(names)) == len(names) else [str(d) for d in dirs]
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for label, d in zip(labels, dirs):
+        for name, df in load_run(d).items():
+            df = df.drop(columns="run", errors="ignore")
+            parts.setdefault(name, []).append(df.assign(run=label)[["run", *df.columns]])
+    return {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
