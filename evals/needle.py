@@ -1,0 +1,321 @@
+"""Task `needle`: token-exact needle-in-a-haystack over context length x depth (the paper's Figure 6).
+
+Prompts come from `harness.haystack` (pure functions); this module scores them on a model: greedy
+decoding with the KV cache (-> correct, first_digit_correct) and the teacher-forced NLL of the gold
+answer, both from one prefill.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from evals import Task, register_task
+from harness.errors import UserError
+from harness.haystack import CITIES, DEFAULT_DIGITS, NeedlePrompt, build_needle_prompt, check_depth, haystack_source
+
+GROUP = ["model", "attention", "rope_theta"]  # columns the runner adds; one heatmap panel per group
+
+
+@dataclass(frozen=True)
+class NeedleParams:
+    """Parameters of the needle task."""
+
+    corpus: str = "builtin:stdlib"
+    """Haystack text: builtin:stdlib, a .txt/.jsonl/.parquet file or folder of .txt, or hf:NAME[:CONFIG][:SPLIT] (held-out split)."""
+    lengths: tuple[int, ...] = (256, 512, 1024)
+    """Context lengths in tokens; each prompt is exactly this long (BOS, haystack, needle, question)."""
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    """Needle depths as fractions of the haystack: 0 = right after BOS, 1 = right before the question."""
+    trials: int = 4
+    """Prompts per (length, depth), each with its own city, number and haystack."""
+    seed: int = 0
+    """Seed of cities, numbers and haystack document order (identical for every model)."""
+    save_prompts: bool = False
+    """Write RUN_DIR/prompts.jsonl (input_ids, needle_span, answer_ids per prompt) to inspect or re-score."""
+    digits: int = DEFAULT_DIGITS
+    """Digits of the needle's number (its first digit is never 0)."""
+    cities: tuple[str, ...] = CITIES
+    """City names the needle draws from."""
+    max_new_tokens: int = 3
+    """Tokens greedy decoding may generate beyond the gold answer's length."""
+    threshold: float = 0.8
+    """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def prefill(model, ids: Sequence[int]):
+    """One forward over the prompt with a fresh KV cache: (logits of the last position [V], cache)."""
+    import torch
+
+    x = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
+    out = model(input_ids=x, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1].float(), out.past_key_values
+
+
+def _step(model, token_ids: Sequence[int], cache):
+    """Feed tokens after the cache; logits [len, V] (float32) and the updated cache."""
+    import torch
+
+    x = torch.tensor([list(token_ids)], dtype=torch.long, device=model.device)
+    out = model(input_ids=x, past_key_values=cache, use_cache=True)
+    return out.logits[0].float(), out.past_key_values
+
+
+def _greedy(model, last_logits, cache, n_new: int, eos_token_id, stop) -> list[int]:
+    out: list[int] = []
+    logits = last_logits
+    while len(out) < n_new:
+        token = int(logits.argmax())
+        out.append(token)
+        if token == eos_token_id or len(out) == n_new or (stop is not None and stop(out)):
+            break
+        step_logits, cache = _step(model, [token], cache)
+        logits = step_logits[-1]
+    return out
+
+
+def _answer_nll(model, last_logits, cache, answer_ids: Sequence[int]) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    logits = last_logits[None]  # [1, V]: predicts answer_ids[0]
+    if len(answer_ids) > 1:
+        fed, cache = _step(model, answer_ids[:-1], cache)  # [A-1, V]: predict answer_ids[1:]
+        logits = torch.cat([logits, fed], dim=0)
+    target = torch.tensor(list(answer_ids), dtype=torch.long, device=logits.device)
+    return float(F.cross_entropy(logits, target))
+
+
+def greedy_answer(model, ids: Sequence[int], n_new: int, *, eos_token_id: int | None = None,
+                  stop: Callable[[list[int]], bool] | None = None) -> list[int]:
+    """Greedy continuation of `ids` (at most `n_new` tokens) with the KV cache, no `generate`."""
+    import torch
+
+    with torch.inference_mode():
+        last, cache = prefill(model, ids)
+        return _greedy(model, last, cache, n_new, eos_token_id, stop)
+
+
+def answer_nll(model, ids: Sequence[int], answer_ids: Sequence[int]) -> float:
+    """Teacher-forced mean NLL (nats) of `answer_ids` following the prompt `ids`."""
+    import torch
+
+    with torch.inference_mode():
+        last, cache = prefill(model, ids)
+        return _answer_nll(model, last, cache, answer_ids)
+
+
+def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: int, *,
+                 eos_token_id: int | None = None, stop=None) -> tuple[list[int], float]:
+    """(greedy tokens, answer NLL) from one prefill: the answer is fed, the cache rewound, then decoded."""
+    import torch
+
+    with torch.inference_mode():
+        last, cache = prefill(model, ids)
+        nll = _answer_nll(model, last, cache, answer_ids)
+        if len(answer_ids) > 1 and not _rewind(cache, len(answer_ids) - 1, len(ids)):
+            last, cache = prefill(model, ids)  # a cache that cannot be cropped: prefill again
+        return _greedy(model, last, cache, n_new, eos_token_id, stop), nll
+
+
+def _rewind(cache, n_tokens: int, prompt_length: int) -> bool:
+    """Drop the last n_tokens from a KV cache in place; False if this cache cannot."""
+    try:
+        cache.crop(n_tokens)  # transformers 5: the number of tokens to remove
+        return cache.get_seq_length() == prompt_length
+    except (AttributeError, NotImplementedError, ValueError, TypeError):
+        return False
+
+
+_LEADING_DIGITS = re.compile(r"\s*(\d*)")
+
+
+def parse_digits(text: str) -> str:
+    """The digits the answer starts with (after optional whitespace); '' if it starts otherwise."""
+    return _LEADING_DIGITS.match(text).group(1)
+
+
+def answer_settled(tokenizer) -> Callable[[list[int]], bool]:
+    """Stop rule for greedy decoding: the text has left its leading digits, so the parse cannot change."""
+    def stop(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens)
+        return len(parse_digits(text)) < len(text.lstrip())
+    return stop
+
+
+def score(prompt: NeedlePrompt, generated_text: str) -> dict:
+    """prediction (leading digits of the answer), correct (all digits), first_digit_correct."""
+    pred = parse_digits(generated_text)
+    return {"prediction": pred, "correct": pred == prompt.number,
+            "first_digit_correct": pred[:1] == prompt.number[:1]}
+
+
+# --------------------------------------------------------------------------------------------- task
+
+
+def effective_length(accuracy_by_length: dict[int, float], threshold: float) -> int:
+    """Longest length whose accuracy, and that of every shorter length, is >= threshold (0 if none)."""
+    best = 0
+    for length in sorted(accuracy_by_length):
+        if accuracy_by_length[length] < threshold:
+            break
+        best = length
+    return best
+
+
+def _group_columns(df) -> list[str]:
+    return [c for c in GROUP if c in df.columns]
+
+
+@register_task("needle")
+class NeedleTask(Task):
+    """Needle in a haystack over context length x depth: greedy retrieval accuracy and answer NLL."""
+
+    Params = NeedleParams
+    tables = ("needle", "prompts")
+    grid_params = ("lengths", "depths", "trials", "threshold")
+
+    def validate(self, params: NeedleParams) -> None:
+        """Check the grid and knobs (the corpus size per tokenizer is checked in `prepare`)."""
+        if not params.lengths:
+            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
+        for length in params.lengths:
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
+        if not params.depths:
+            raise UserError("depths is empty; give fractions in [0, 1], e.g. -T depths=0,0.5,1")
+        for depth in params.depths:
+            check_depth(depth)
+        if isinstance(params.trials, bool) or not isinstance(params.trials, int) or params.trials < 1:
+            raise UserError(f"trials={params.trials!r} is not allowed; use an integer >= 1")
+        if isinstance(params.digits, bool) or not isinstance(params.digits, int) or not 1 <= params.digits <= 18:
+            raise UserError(f"digits={params.digits!r} is not allowed; use an integer from 1 to 18")
+        if not params.cities or any(not str(c).strip() for c in params.cities):
+            raise UserError(f"cities={params.cities!r} is not allowed; give non-empty city names")
+        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
+        if not 0.0 <= params.threshold <= 1.0:
+            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+        from harness.corpus import load_corpus
+
+        load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
+
+    def cells(self, params: NeedleParams) -> list[dict]:
+        """One cell per (context_length, depth, trial)."""
+        return [{"context_length": int(length), "depth": float(depth), "trial": trial}
+                for length in sorted(set(params.lengths)) for depth in sorted(set(params.depths))
+                for trial in range(params.trials)]
+
+    def cost(self, params: NeedleParams, cell: dict) -> float:
+        """Proportional to the context length."""
+        return cell["context_length"] / min(params.lengths)
+
+    def prepare(self, params: NeedleParams, loaded):
+        """The held-out corpus tokenised (lazily, once) for this tokenizer; checks the extreme lengths."""
+        from harness.corpus import load_corpus
+
+        source = haystack_source(loaded.tokenizer, load_corpus(params.corpus, split="heldout"))
+        for trial in range(params.trials):  # too short / too long for this tokenizer: fail before any cell
+            for length in (min(params.lengths), max(params.lengths)):
+                self.prompt(params, loaded.tokenizer, source, length, 0.5, trial)
+        return source
+
+    @staticmethod
+    def prompt(params: NeedleParams, tokenizer, source, length: int, depth: float, trial: int) -> NeedlePrompt:
+        """The prompt of one cell (depends on params.seed and trial, never on the model)."""
+        return build_needle_prompt(tokenizer, source, int(length), float(depth), seed=params.seed, trial=int(trial),
+                                   cities=params.cities, digits=params.digits)
+
+    def run_cell(self, params: NeedleParams, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
+        """Build the cell's prompt, decode greedily, score it and compute the answer NLL."""
+        t0 = time.perf_counter()
+        tok = loaded.tokenizer
+        source = state if state is not None else self.prepare(params, loaded)
+        p = self.prompt(params, tok, source, cell["context_length"], cell["depth"], cell["trial"])
+        n_new = len(p.answer_ids) + params.max_new_tokens
+        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new,
+                                      eos_token_id=tok.eos_token_id, stop=answer_settled(tok))
+        text = tok.decode(generated)
+        row = {
+            "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
+            "city": p.city, "answer": p.number, **score(p, text), "answer_nll": nll,
+            "prompt_tokens": len(p.input_ids), "needle_start": p.needle_span[0], "needle_end": p.needle_span[1],
+            "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
+        }
+        out = {"needle": [row]}
+        if params.save_prompts:
+            out["prompts"] = [{"context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
+                               "city": p.city, "number": p.number, "input_ids": list(p.input_ids),
+                               "needle_span": list(p.needle_span), "answer_ids": list(p.answer_ids)}]
+        return out
+
+    def summarize(self, tables: dict, params: NeedleParams) -> dict:
+        """needle_summary (accuracy per model, attention, theta and length) and needle_effective_length."""
+        import pandas as pd
+
+        df = tables.get("needle")
+        if df is None or df.empty:
+            return {}
+        keys = _group_columns(df)
+        summary = (df.groupby(keys + ["context_length"], dropna=False)
+                   .agg(accuracy=("correct", "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
+                        answer_nll=("answer_nll", "mean"), n=("correct", "size"))
+                   .reset_index())
+        rows = []
+        for group, part in (summary.groupby(keys, dropna=False) if keys else [((), summary)]):
+            group = group if isinstance(group, tuple) else (group,)
+            acc = dict(zip(part["context_length"].astype(int), part["accuracy"]))
+            rows.append({**dict(zip(keys, group)), "effective_length": effective_length(acc, params.threshold),
+                         "threshold": params.threshold, "max_length": max(acc)})
+        return {"needle_summary": summary, "needle_effective_length": pd.DataFrame(rows)}
+
+    def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
+        """needle_heatmap.png: one panel per (model, attention, theta)."""
+        from harness.plots import needle_heatmap_figure, training_lengths
+
+        df = tables.get("needle")
+        if df is None or df.empty:
+            return []
+        out = Path(out_dir) / "needle_heatmap.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig = needle_heatmap_figure(df, train_lengths=training_lengths(manifest))
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+        return [out]
+
+    def finalize(self, run_dir: Path, tables: dict, params: NeedleParams) -> None:
+        """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt (contract fields first)."""
+        df = tables.get("prompts")
+        if not params.save_prompts or df is None or df.empty:
+            return
+        write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
+
+
+def write_prompts_jsonl(path: Path, df) -> Path:
+    """Write prompt rows (model, context_length, depth, trial, input_ids, needle_span, answer_ids, ...) atomically."""
+    first = ["model", "attention", "rope_theta", "context_length", "depth", "trial", "input_ids", "needle_span",
+             "answer_ids"]
+    cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first and c != "run"]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        for rec in df[cols].to_dict(orient="records"):
+            f.write(json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _plain(v):
+    """JSON-able value from a pandas/numpy/pyarrow cell."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and v != v:
+        return None
+    return v.item() if hasattr(v, "item") else v
