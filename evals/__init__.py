@@ -192,7 +192,7 @@ def _convert(value, tp, where: str):
             items = list(value)
         else:
             items = [value]
-        return tuple(_scalar(v, elem, f"{where}[{i}]") for i, v in enumerate(items))
+        return tuple(_scalar(v, elem, f"{where} (item {i + 1})") for i, v in enumerate(items))
     return _scalar(value, inner, where)
 
 

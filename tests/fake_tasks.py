@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ class FakeParams:
     """File that gets one line per computed cell ('' for none)."""
     seed: int = 0
     """Base seed."""
+    interrupt_length: int = 0
+    """Send SIGINT to this process while computing cells of this length (0: never)."""
+    fail_length: int = 0
+    """Raise while computing cells of this length (0: never)."""
 
 
 class FakeTask(Task):
@@ -29,7 +34,7 @@ class FakeTask(Task):
 
     Params = FakeParams
     tables = ("fake",)
-    grid_params = ("lengths", "trials", "sleep", "log")
+    grid_params = ("lengths", "trials", "sleep", "log", "interrupt_length", "fail_length")
 
     def validate(self, params):
         if any(n < 2 for n in params.lengths):
@@ -56,9 +61,41 @@ class FakeTask(Task):
             with open(params.log, "a") as f:
                 f.write(f"{os.getpid()} {cell['length']} {cell['trial']}\n")
         time.sleep(params.sleep)
+        if cell["length"] == params.fail_length:
+            raise RuntimeError("fake failure")
+        if cell["length"] == params.interrupt_length:
+            os.kill(os.getpid(), signal.SIGINT)
         row = {**cell, "first_id": int(ids[0, 0]), "nll": nll, "noise": torch.rand(1).item()}
         return {"fake": [row], "telemetry": {"tokens": cell["length"]}}
 
 
 if "fake" not in _TASKS:
     register_task("fake")(FakeTask)
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    corpus: str = "builtin:stdlib"
+    """Corpus spec."""
+    seed: int = 0
+    """Base seed."""
+
+
+class CorpusTask(Task):
+    """A fake task that reads its corpus: the first characters of every document."""
+
+    Params = CorpusParams
+    tables = ("heads",)
+
+    def cells(self, params):
+        return [{"doc": 0}]
+
+    def run_cell(self, params, loaded, cell, state, seed):
+        from harness.corpus import load_corpus
+
+        docs = load_corpus(params.corpus).documents
+        return {"heads": [{"doc_id": d.doc_id, "head": d.text[:10]} for d in docs]}
+
+
+if "fake_corpus" not in _TASKS:
+    register_task("fake_corpus")(CorpusTask)
