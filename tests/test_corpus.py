@@ -1,0 +1,82 @@
+"""The corpus module: built-in stdlib split, local files, errors."""
+
+import json
+
+import pytest
+
+from harness.corpus import Document, fingerprint, is_heldout, load_corpus
+from harness.errors import UserError
+
+
+def test_stdlib_split_is_disjoint_complete_and_sorted():
+    train = load_corpus("builtin:stdlib", "train")
+    heldout = load_corpus("builtin:stdlib", "heldout")
+    every = load_corpus("builtin:stdlib", "all")
+    train_ids = {d.doc_id for d in train.documents}
+    heldout_ids = {d.doc_id for d in heldout.documents}
+    assert train_ids and heldout_ids
+    assert not train_ids & heldout_ids
+    assert train_ids | heldout_ids == {d.doc_id for d in every.documents}
+    assert [d.doc_id for d in every.documents] == sorted(d.doc_id for d in every.documents)
+    assert 0.03 < len(heldout_ids) / len(every.documents) < 0.2
+
+
+def test_stdlib_excludes_tests_and_non_sources():
+    for doc in load_corpus("builtin:stdlib", "all").documents:
+        parts = doc.doc_id.split("/")
+        assert parts[-1].endswith(".py") and not parts[-1].startswith("test_")
+        assert not {"test", "tests", "idle_test", "site-packages"} & set(parts[:-1])
+
+
+def test_split_is_stable():
+    # A hash of the path, not of anything that changes between runs or machines.
+    assert is_heldout("json/decoder.py") == is_heldout("json/decoder.py")
+    first = load_corpus("builtin:stdlib", "heldout")
+    again = load_corpus("builtin:stdlib", "heldout")
+    assert first.fingerprint == again.fingerprint
+    assert first.fingerprint == fingerprint(first.documents)
+    assert len(first.fingerprint) == 64
+
+
+def test_fingerprint_depends_on_text():
+    a = (Document("x", "hello"),)
+    assert fingerprint(a) != fingerprint((Document("x", "hello!"),))
+    assert fingerprint(a) != fingerprint((Document("y", "hello"),))
+
+
+def test_local_sources(tmp_path):
+    (tmp_path / "one.txt").write_text("alpha beta")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "b.txt").write_text("second")
+    (folder / "a.txt").write_text("first")
+    (folder / "empty.txt").write_text("  ")
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(json.dumps({"text": "r0"}) + "\n\n" + json.dumps({"text": "r1"}) + "\n")
+    pd = pytest.importorskip("pandas")
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame({"text": ["p0", "p1", "p2"]}).to_parquet(parquet)
+
+    assert [d.text for d in load_corpus(str(tmp_path / "one.txt")).documents] == ["alpha beta"]
+    assert [d.text for d in load_corpus(str(folder)).documents] == ["first", "second"]
+    assert [d.text for d in load_corpus(str(jsonl)).documents] == ["r0", "r1"]
+    assert [d.text for d in load_corpus(str(parquet)).documents] == ["p0", "p1", "p2"]
+
+
+@pytest.mark.parametrize("spec", ["builtin:nope", "/no/such/file.txt", "hf:", "hf:a:b:c:d", ""])
+def test_bad_specs_raise_user_error(spec):
+    with pytest.raises(UserError):
+        load_corpus(spec)
+
+
+def test_bad_split_and_bad_jsonl(tmp_path):
+    with pytest.raises(UserError, match="split"):
+        load_corpus("builtin:stdlib", "validation")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "no text field"}\n')
+    with pytest.raises(UserError, match="text"):
+        load_corpus(str(bad))
+    other = tmp_path / "notes.md"
+    other.write_text("x")
+    with pytest.raises(UserError, match="unsupported"):
+        load_corpus(str(other))
