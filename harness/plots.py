@@ -190,3 +190,29 @@ def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return ax
+
+
+# ---------------------------------------------------------------------------- comparison (lch compare)
+
+DIFF_CMAP = "RdBu"
+"""Diverging palette for B minus A: red where B is worse, blue where B is better."""
+
+
+def needle_difference_heatmap(ax, df_a, df_b, *, title=None, annotate=True):
+    """Accuracy of B minus A per (depth, context length) on a fixed -1..1 scale."""
+    grid_a, grid_b = needle_accuracy_grid(df_a), needle_accuracy_grid(df_b)
+    diff = grid_b.sub(grid_a).dropna(how="all").dropna(axis=1, how="all")
+    lengths, depths = [int(c) for c in diff.columns], [float(d) for d in diff.index]
+    values = diff.to_numpy(dtype=float)
+    ax.imshow(values, cmap=DIFF_CMAP, vmin=-1.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    if annotate:
+        for (i, j), value in np.ndenumerate(values):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(value) > 0.6 else "black")
+    ax.set_title(title or "accuracy difference (B − A)", fontsize=9)
+    return ax

@@ -34,6 +34,11 @@ def _expand(run_dirs) -> list[Path]:
     return out
 
 
+def expand_runs(run_dirs) -> list[Path]:
+    """Run directories as given, a folder of runs (such as a demo's) standing for the runs inside it."""
+    return _expand(run_dirs)
+
+
 def load_run(run_dir) -> dict[str, pd.DataFrame]:
     """The tables of one run directory (name -> DataFrame), without a `run` column."""
     tables_dir = Path(run_dir) / TABLES

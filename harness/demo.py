@@ -1,0 +1,60 @@
+"""`lch demo`: the paper's three evaluations on the reference pair, offline, then one comparison report.
+
+Models: reference/softmax (a), reference/ssmax (b), and reference/softmax switched post hoc to
+ssmax(s=auto) (e); RoPE theta raised 50x at evaluation as in the paper; context lengths up to 16x
+the training length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+THETA_FACTOR = 50
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The demo's grid, derived from the reference pair's training length and RoPE theta."""
+
+    models: tuple
+    """ModelRequest per evaluated variant"""
+    position_loss: dict
+    """parameters of the position_loss run"""
+    needle: dict
+    """parameters of the needle run"""
+    attention_probe: dict
+    """parameters of the attention_probe run"""
+
+
+def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: str = "reference/ssmax") -> DemoPlan:
+    """The demo's models and task parameters; `quick` is a small grid (tests, notebooks) of the same form."""
+    from harness.checkpoint import describe_model
+    from harness.runner import ModelRequest
+
+    info = describe_model(softmax)
+    train, theta = info.training_length or 256, (info.rope_theta or 10_000.0) * THETA_FACTOR
+    models = (ModelRequest(softmax, "softmax", theta), ModelRequest(ssmax, None, theta),
+              ModelRequest(softmax, "ssmax(s=auto)", theta))
+    factors = (1, 4) if quick else (1, 2, 4, 8, 16)
+    lengths = tuple(train * f for f in factors)
+    return DemoPlan(
+        models=models,
+        position_loss={"length": lengths[-1], "docs": 2 if quick else 6},
+        needle={"lengths": lengths, "depths": (0.0, 0.5, 1.0) if quick else DEPTHS, "trials": 1 if quick else 4},
+        attention_probe={"lengths": (train, lengths[-1]) if quick else (train, 4 * train, 16 * train),
+                         "depths": (0.5,), "trials": 2 if quick else 8},
+    )
+
+
+def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, **models) -> Path:
+    """Run the three tasks (resuming finished cells) and write the comparison; returns report.html."""
+    from harness.report import compare_runs
+    from harness.runner import run_task
+
+    plan = demo_plan(quick, **models)
+    demo_dir = Path(out_root) / ("demo-quick" if quick else "demo")
+    runs = [run_task(task, list(plan.models), getattr(plan, task), out_root=demo_dir, progress=progress)
+            for task in ("position_loss", "needle", "attention_probe")]
+    return compare_runs(runs, demo_dir / "compare")
