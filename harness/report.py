@@ -97,10 +97,7 @@ def compare_runs(run_dirs, out_dir) -> Path:
     figures: list[Path] = []
     task_names = {results.read_manifest(d).get("task") for d in results.expand_runs(run_dirs)}
     for name in sorted(filter(None, task_names)):
-        task = get_task(name)
-        task_tables = {t: df for t, df in tables.items() if t in task.tables}
-        if task_tables and hasattr(task, "figures"):
-            figures += task.figures(tables, manifest, figures_dir) or []
+        figures += get_task(name).figures(tables, manifest, figures_dir) or []
     if "needle" in tables and (fig := difference_figure(tables["needle"])) is not None:
         path = figures_dir / "needle_difference.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
