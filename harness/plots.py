@@ -216,3 +216,144 @@ def needle_difference_heatmap(ax, df_a, df_b, *, title=None, annotate=True):
                         color="white" if abs(value) > 0.6 else "black")
     ax.set_title(title or "accuracy difference (B − A)", fontsize=9)
     return ax
+
+
+# ------------------------------------------------------------------ attention probes (needle score, fading)
+
+PROBE_OUTCOMES = (("correct", "#1a9850", "fully correct"), ("first_digit", "#f5a623", "first digit correct"),
+                  ("wrong", "#d7301f", "wrong"))
+"""Outcome of a greedy answer -> (colour, legend label), for the best-head plot."""
+
+
+def head_label(layer, head) -> str:
+    """'L{layer}H{head}', the paper's name of an attention head."""
+    return f"L{int(layer)}H{int(head)}"
+
+
+def head_ranking(df):
+    """Mean needle score per (model, attention, rope_theta, layer, head) over the prompts, best first, with `rank`."""
+    keys = [k for k in PANEL_KEYS if k in df.columns]
+    ranked = (df.groupby([*keys, "layer", "head"], dropna=False)["needle_score"]
+              .agg(needle_score="mean", prompts="size").reset_index())
+    ranked = ranked.sort_values([*keys, "needle_score", "layer", "head"],
+                                ascending=[True] * len(keys) + [False, True, True], kind="stable")
+    ranked["rank"] = ranked.groupby(keys, dropna=False).cumcount() + 1 if keys else np.arange(1, len(ranked) + 1)
+    return ranked.reset_index(drop=True)
+
+
+def top_heads_bar(ax, df, *, k: int = 25, title=None):
+    """Figure 7's form: the k heads with the highest mean needle score of one model, as labelled bars."""
+    ranked = head_ranking(df).head(k)
+    labels = [head_label(layer, head) for layer, head in zip(ranked["layer"], ranked["head"])]
+    ax.bar(range(len(ranked)), ranked["needle_score"].to_numpy(float), color="#3b6ea5")
+    ax.set_xticks(range(len(ranked)), labels, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, max(len(ranked), 1) - 0.4)
+    ax.set_xlabel("attention head (layer, head)")
+    prompts = int(ranked["prompts"].max()) if len(ranked) else 0
+    ax.set_ylabel(f"needle score (mean of {prompts} prompt{'s' if prompts != 1 else ''})")
+    ax.set_ylim(0, max(1e-3, float(ranked["needle_score"].max()) * 1.1 if len(ranked) else 1.0))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(title or f"top {len(ranked)} heads by needle score", fontsize=10)
+    return ax
+
+
+def _outcome(correct, first_digit) -> str:
+    return "correct" if bool(correct) else "first_digit" if bool(first_digit) else "wrong"
+
+
+def best_head_trials(ax, df, *, head: tuple[int, int] | None = None, title=None):
+    """Figure 8's form: the best head's needle score per prompt, descending, coloured by the greedy answer's outcome."""
+    if head is None:
+        best = head_ranking(df).iloc[0]
+        head = (int(best["layer"]), int(best["head"]))
+    rows = df[(df["layer"] == head[0]) & (df["head"] == head[1])].sort_values("needle_score", ascending=False)
+    first = rows["first_digit_correct"] if "first_digit_correct" in rows.columns else rows["correct"]
+    outcome = np.array([_outcome(c, f) for c, f in zip(rows["correct"], first)])
+    x = np.arange(1, len(rows) + 1)
+    y = rows["needle_score"].to_numpy(float)
+    ax.plot(x, y, color="0.75", linewidth=1, zorder=1)
+    for key, colour, label in PROBE_OUTCOMES:
+        hit = outcome == key
+        ax.scatter(x[hit], y[hit], s=18, color=colour, zorder=2, label=f"{label} ({int(hit.sum())})")
+    ax.set_xlabel("prompt, sorted by needle score")
+    ax.set_ylabel(f"needle score of {head_label(*head)}")
+    ax.set_ylim(0, max(1e-3, float(y.max()) * 1.1) if len(y) else 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"best head {head_label(*head)} per prompt", fontsize=10)
+    return ax
+
+
+def fading_quantiles(df, value: str = "max_weight", band=(0.25, 0.75)):
+    """Median and band quantiles of `value` over heads (and prompts) per (model, attention, rope_theta, n)."""
+    keys = [k for k in PANEL_KEYS if k in df.columns]
+    grouped = df.groupby([*keys, "n"], dropna=False)[value]
+    out = grouped.median().rename("median").to_frame()
+    out["low"] = grouped.quantile(band[0])
+    out["high"] = grouped.quantile(band[1])
+    return out.reset_index().sort_values([*keys, "n"])
+
+
+def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.75), reference: bool = True):
+    """Largest weight (or entropy) vs n on log x: median over heads per model, with an inter-quantile band."""
+    stats = fading_quantiles(df, value, band)
+    panels, keys = _panels(stats)
+    for key, part in panels:
+        named = dict(zip(keys, key))
+        x = part["n"].to_numpy(float)
+        line, = ax.plot(x, part["median"].to_numpy(float), marker=".", linewidth=1.5,
+                        label=panel_title(*(named.get(k) for k in PANEL_KEYS)))
+        ax.fill_between(x, part["low"].to_numpy(float), part["high"].to_numpy(float), color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ns = np.unique(df["n"].to_numpy(float))
+    if reference and len(ns):
+        ref = 1.0 / ns if value == "max_weight" else np.log(ns)
+        ax.plot(ns, ref, color="black", linestyle=":", linewidth=1,
+                label="uniform (1/n)" if value == "max_weight" else "uniform (ln n)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("keys visible to the query row (n)")
+    names = {"max_weight": "largest attention weight", "entropy": "attention entropy (nats)"}
+    ax.set_ylabel(f"{names.get(value, value)}\n(median over heads, {band[0]:.0%}-{band[1]:.0%} band)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def top_heads_figure(df, *, k: int = 25) -> Figure:
+    """One top-k needle-score bar chart per (model, attention, theta)."""
+    panels, keys = _panels(df)
+    fig = Figure(figsize=(max(6.0, 0.32 * k + 1.5), 3.4 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)
+    for ax, (key, part) in zip(axes.flat, panels):
+        name = panel_title(*(dict(zip(keys, key)).get(k2) for k2 in PANEL_KEYS))
+        shown = min(k, len(part.groupby(["layer", "head"])))
+        top_heads_bar(ax, part, k=k, title=f"{name}: top {shown} heads by needle score")
+    return fig
+
+
+def best_head_figure(df) -> Figure:
+    """The best head's needle score per prompt, one panel per (model, attention, theta)."""
+    panels, keys = _panels(df)
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, (key, part) in zip(axes.flat, panels):
+        best = head_ranking(part).iloc[0]
+        head = (int(best["layer"]), int(best["head"]))
+        name = panel_title(*(dict(zip(keys, key)).get(k) for k in PANEL_KEYS))
+        best_head_trials(ax, part, head=head, title=f"{name}\nbest head {head_label(*head)}")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def attention_fading_figure(df) -> Figure:
+    """Attention fading: largest weight and entropy vs n (log x), one line per (model, attention, theta)."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    attention_fading_curves(left, df, value="max_weight")
+    left.set_title("largest attention weight vs n", fontsize=10)
+    attention_fading_curves(right, df, value="entropy")
+    right.set_title("attention entropy vs n", fontsize=10)
+    return fig
