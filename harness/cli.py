@@ -71,7 +71,9 @@ def format_table(rows: list[dict]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
 
     def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+        if isinstance(v, float):
+            return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+        return "" if v is None else str(v)
 
     body = [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
@@ -104,8 +106,9 @@ def _first_line(obj) -> str:
     return ((type(obj).__doc__ or "").strip().splitlines() or [""])[0]
 
 
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def _show(value, width: int = 40) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -204,10 +207,14 @@ def run(
                            dtype=dtype.value if dtype else None, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code, progress=progress)
     except RunInterrupted as e:
-        typer.echo(f"interrupted: {e.done}/{e.total} cells saved in {e.run_dir}. Resume with the same command:\n"
-                   f"  lch {shlex.join(sys.argv[1:])}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _resume_hint(e)
     _print_summary(run_dir)
+
+
+def _resume_hint(e):
+    typer.echo(f"interrupted: {e.done}/{e.total} cells saved in {e.run_dir}. Resume with the same command:\n"
+               f"  lch {shlex.join(sys.argv[1:])}", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -277,39 +284,73 @@ def plot(
 
 
 @app.command()
-def heatmap(run_dir: Annotated[Path, typer.Argument()], out: Annotated[Optional[Path], typer.Option()] = None,
-            debug: Annotated[bool, typer.Option("--debug")] = False):
+def heatmap(
+    run_dir: Annotated[Path, typer.Argument(help="a needle run directory (or a folder of runs)")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG file (default RUN_DIR/figures/needle_heatmap.png)")] = None,
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+):
     """Needle heatmaps of a run (accuracy over context length x depth)."""
-    _not_yet("heatmap")
+    draw = _provided("harness.plots", "draw_needle_heatmaps", "heatmap")
+    typer.echo(str(draw(run_dir, out)))
 
 
 @app.command()
-def compare(run_dirs: Annotated[list[Path], typer.Argument()], out: Annotated[Optional[Path], typer.Option()] = None,
-            debug: Annotated[bool, typer.Option("--debug")] = False):
-    """Compare runs side by side (tables and figures)."""
-    _not_yet("compare")
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (or folders of runs)")],
+    out: Annotated[Path, typer.Option(help="folder for figures, headline.csv and report.html")] = Path("results/compare"),
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+):
+    """Compare runs side by side: headline table, figures, report.html."""
+    compare_runs = _provided("harness.report", "compare_runs", "compare")
+    typer.echo(str(compare_runs(run_dirs, out)))
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option()] = Path("results"), debug: Annotated[bool, typer.Option("--debug")] = False):
-    """The main job on the embedded reference pair, offline."""
-    _not_yet("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
+    quick: Annotated[bool, typer.Option("--quick", help="a small grid of the same form")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    debug: Annotated[bool, typer.Option("--debug")] = False,
+):
+    """The main job on the embedded reference pair, offline; ends with a comparison report."""
+    run_demo = _provided("harness.demo", "run_demo", "demo")
+    try:
+        report = run_demo(out, quick=quick, progress=progress)
+    except _interrupted() as e:
+        _resume_hint(e)
+    typer.echo(f"report: {report}")
+
+
+def _interrupted():
+    from harness.runner import RunInterrupted
+
+    return RunInterrupted
+
+
+def _provided(module: str, function: str, command: str):
+    """A function a later part of the harness provides; a clear error while it does not exist yet."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        _not_yet(command)
+    found = getattr(importlib.import_module(module), function, None)  # a broken module fails loudly
+    return found if found is not None else _not_yet(command)
 
 
 @reference_app.command("build")
 def reference_build(
-    variant: Annotated[str, typer.Option(help="softmax | ssmax | both")] = "both",
-    out: Annotated[Optional[Path], typer.Option(help="where the weights go (default: the package's models/)")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="variant to train (repeatable; default softmax and ssmax)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="models go to OUT/<variant> (default: the package's models/)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="training steps (default: the recipe's)")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="a few steps, for a smoke test")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="a tiny model, a few steps: a smoke test")] = False,
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Retrain the reference softmax/SSMax pair."""
-    try:
-        from harness.reference import build_reference
-    except ImportError:
-        _not_yet("reference build")
-    build_reference(variant, out, steps=steps, quick=quick)
+    build_reference = _provided("harness.reference", "build_reference", "reference build")
+    for v in variant or ["softmax", "ssmax"]:
+        path = build_reference(v, out / v if out else None, steps=steps, quick=quick)
+        typer.echo(f"{v}: {path}")
 
 
 def _not_yet(command: str):

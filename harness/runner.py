@@ -145,7 +145,8 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
         "schema_version": SCHEMA_VERSION, "task": task.name, "params": param_dict,
         "models": [i.as_dict() for i in infos], "corpus_fingerprint": corpus_fp,
         "versions": _versions(), "git_sha": _git_sha(), "device": infos[0].device, "dtype": infos[0].dtype,
-        "first_started_at": previous.get("first_started_at") or _now(), "started_at": _now(), "finished_at": None, "status": "running",
+        "first_started_at": previous.get("first_started_at") or _now(), "started_at": _now(),
+        "finished_at": None, "status": "running",
         "cells_total": len(cells), "cells_done": None, "command": sys.argv,
     }
     _write_json(run_dir / "manifest.json", manifest)
@@ -234,6 +235,7 @@ def _run_cell(task, params, loaded, state, cell: _Cell) -> dict:
 def _assemble(task, params, run_dir: Path, cells, infos, manifest, status: str, *, draw: bool) -> int:
     """Rebuild tables/ from the grid's finished cells and update the manifest; return cells done."""
     rows: dict[str, list[dict]] = {t: [] for t in task.tables}
+    labels = _model_labels(infos)
     telemetry = []
     done = 0
     for cell in cells:  # grid order, so tables never depend on the order cells ran in
@@ -242,7 +244,7 @@ def _assemble(task, params, run_dir: Path, cells, infos, manifest, status: str, 
             continue
         saved = json.loads(path.read_text())
         info = infos[cell.model_index]
-        front = {"model": info.name, "attention": info.attention, "rope_theta": info.rope_theta}
+        front = {"model": labels[cell.model_index], "attention": info.attention, "rope_theta": info.rope_theta}
         for table, table_rows in saved["tables"].items():
             rows.setdefault(table, []).extend(
                 {**front, **{k: v for k, v in r.items() if k not in front}} for r in table_rows)
@@ -270,6 +272,13 @@ def _assemble(task, params, run_dir: Path, cells, infos, manifest, status: str, 
         task.finalize(run_dir, tables, params)
     _write_json(run_dir / "manifest.json", manifest)
     return done
+
+
+def _model_labels(infos) -> list[str]:
+    """The `model` column: the model's name, with a fingerprint prefix where two different models share it."""
+    names = [i.name for i in infos]
+    clash = {n for n in names if len({i.fingerprint for i in infos if i.name == n}) > 1}
+    return [f"{i.name}@{i.fingerprint[:8]}" if i.name in clash else i.name for i in infos]
 
 
 def _check_existing(run_dir: Path, task_name: str) -> dict:

@@ -189,3 +189,11 @@ def test_results_and_plots_import_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_same_name_different_models_are_told_apart(tiny_checkpoint, tmp_path):
+    a = tiny_checkpoint(name="a/model", seed=0)
+    b = tiny_checkpoint(name="b/model", seed=1)
+    run_dir = run_task("fake", [a, b], {"lengths": "8", "trials": 1}, out_root=tmp_path / "out", progress=False)
+    labels = list(_data(run_dir)["model"])
+    assert len(set(labels)) == 2 and all(label.startswith("model@") for label in labels)
