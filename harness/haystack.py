@@ -146,15 +146,14 @@ def answer_tokens(tokenizer: Any, number: str) -> tuple[list[int], tuple[int, in
 class HaystackSource:
     """Corpus documents tokenised lazily (each once) for one tokenizer, with their insertion boundaries."""
 
-    def __init__(self, tokenizer: Any, documents: Sequence[str], *, name: str = "corpus", batch: int = 16):
+    def __init__(self, tokenizer: Any, documents: Sequence[str], *, name: str = "corpus", batch: int = 4):
         self.tokenizer = tokenizer
         self.texts = [d for d in documents if d.strip()]
         self.name = name
         self.batch = batch
         self._ids: dict[int, list[int]] = {}
         self._bounds: dict[int, list[int]] = {}
-        self._ends: dict[int, bool] = {}  # token id -> decoded text ends a line or sentence
-        self._starts_space: dict[int, bool] = {}
+        self._token_flags: dict[int, tuple[int, bool]] = {}
         self.total_chars = sum(len(t) for t in self.texts)
 
     def __len__(self) -> int:
@@ -176,23 +175,27 @@ class HaystackSource:
             self._ids[i] = ids
             self._bounds[i] = self._boundaries(ids)
 
-    def _token_flags(self, tid: int) -> tuple[bool, bool]:
-        if tid not in self._ends:
+    def _flags(self, tid: int) -> tuple[int, bool]:
+        """(end kind, starts with whitespace) of a token id: kind 0 none, 1 line end, 2 sentence punctuation."""
+        flags = self._token_flags.get(tid)
+        if flags is None:
             text = self.tokenizer.decode([tid])
             piece = self.tokenizer.convert_ids_to_tokens(tid) or ""
-            self._ends[tid] = text.endswith("\n") or text.rstrip(" \t").endswith(tuple(SENTENCE_ENDS))
-            self._starts_space[tid] = text[:1].isspace() or piece[:1] in ("Ġ", "▁", "Ċ")
-        return self._ends[tid], self._starts_space[tid]
+            stripped = text.rstrip(" \t")
+            kind = 1 if text.endswith("\n") else 2 if stripped.endswith(tuple(SENTENCE_ENDS)) else 0
+            if kind == 2 and stripped != text:
+                kind = 1  # punctuation followed by whitespace inside the token
+            flags = (kind, text[:1].isspace() or piece[:1] in ("Ġ", "▁", "Ċ"))
+            self._token_flags[tid] = flags
+        return flags
 
     def _boundaries(self, ids: Sequence[int]) -> list[int]:
         """Token positions (0..len) where a needle may go: document start/end, after a line or sentence end."""
+        flags = [self._flags(t) for t in ids]
         out = [0]
-        for j, tid in enumerate(ids[:-1]):
-            ends, _ = self._token_flags(tid)
-            if not ends:
-                continue
-            text = self.tokenizer.decode([tid])
-            if text.endswith("\n") or text[-1:].isspace() or self._token_flags(ids[j + 1])[1]:
+        for j in range(len(ids) - 1):
+            kind = flags[j][0]
+            if kind == 1 or (kind == 2 and flags[j + 1][1]):
                 out.append(j + 1)
         out.append(len(ids))
         return out
