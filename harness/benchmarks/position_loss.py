@@ -1,0 +1,114 @@
+"""Benchmark: per-position NLL through the harness vs the naive full-logits way.
+
+Each measurement runs in a fresh Python subprocess and reports its own peak RSS
+(`ru_maxrss`), so measurements never contaminate each other. The model is a random Llama with a
+32k vocabulary (d_model 256, 4 layers), routed through the harness's attention path.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+from harness.bench import register_bench
+
+VOCAB = 32_000
+COMPARE_LENGTH = 16_384
+LADDER = (131_072, 65_536, 32_768)  # longest-length search, longest first (harness only)
+LADDER_PREFILL = 8_192  # prefill chunk used on the ladder
+MEMORY_GOAL, TIME_GOAL, LENGTH_GOAL = 0.35, 1.0, 131_072
+MEMORY_LIMIT = 20 * 2**30  # RLIMIT_DATA per measurement: a failed allocation, never the OOM killer
+
+_MEASURE = r"""
+import json, resource, sys, time
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+from harness.attention import apply_attention
+from harness.nll import per_position_nll
+
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=cfg["vocab"], hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cfg["length"])
+model = LlamaForCausalLM(config).eval()
+apply_attention(model, "softmax")
+ids = torch.randint(0, cfg["vocab"], (1, cfg["length"]), generator=torch.Generator().manual_seed(1))
+
+def naive(x):
+    with torch.inference_mode():
+        logits = model(x).logits  # [1, L, V]: the whole thing at once
+        return F.cross_entropy(logits[0, :-1], x[0, 1:], reduction="none")
+
+def harness(x):
+    return per_position_nll(model, x, chunk=cfg["chunk"], prefill_chunk=cfg["prefill_chunk"] or None)
+
+fn = naive if cfg["method"] == "naive" else harness
+fn(ids[:, :256])  # warm-up (kernel selection, allocator)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+nll = fn(ids)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "base_rss_mib": base / 1024,
+                  "mean_nll": float(nll.float().mean())}))
+"""
+
+
+def _limit_memory():
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def measure(method: str, length: int, *, chunk: int = 1024, prefill_chunk: int = 0, threads: int = 2,
+            vocab: int = VOCAB) -> dict:
+    """Run one measurement in a fresh subprocess; returns a row (status "ok" or the failure)."""
+    cfg = dict(method=method, length=length, chunk=chunk, prefill_chunk=prefill_chunk, threads=threads, vocab=vocab)
+    row = {"method": method, "length": length, "chunk": chunk, "prefill_chunk": prefill_chunk, "threads": threads}
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(cfg)], capture_output=True, text=True,
+                          preexec_fn=_limit_memory)
+    if proc.returncode != 0:
+        lines = (proc.stderr or "").strip().splitlines()
+        return {**row, "status": f"failed: {lines[-1] if lines else f'exit {proc.returncode}'}"[:200]}
+    return {**row, "status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _best(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return rows[0]
+    return {**ok[0], "seconds": min(r["seconds"] for r in ok), "peak_rss_mib": min(r["peak_rss_mib"] for r in ok)}
+
+
+@register_bench("position_loss", "per-position NLL: harness vs naive full logits (memory, time, longest length)")
+def bench_position_loss(quick: bool) -> dict:
+    """Peak RSS and time of the harness vs naive `model(ids).logits -> cross_entropy`, and the longest length reached."""
+    length = 2_048 if quick else COMPARE_LENGTH
+    repeats = 1 if quick else 2
+    naive, harness = [], []
+    for _ in range(repeats):  # interleaved, so background load hits both alike
+        naive.append(measure("naive", length))
+        harness.append(measure("harness", length))
+    naive_row, harness_row = _best(naive), _best(harness)
+    rows = [naive_row, harness_row]
+    ratios = {}
+    if naive_row["status"] == "ok" and harness_row["status"] == "ok":
+        ratios["memory_ratio"] = harness_row["peak_rss_mib"] / naive_row["peak_rss_mib"]
+        ratios["time_ratio"] = harness_row["seconds"] / naive_row["seconds"]
+        ratios["max_abs_mean_nll_diff"] = abs(harness_row["mean_nll"] - naive_row["mean_nll"])
+
+    longest = None
+    for target in ((4_096,) if quick else LADDER):
+        row = measure("harness", target, prefill_chunk=1_024 if quick else LADDER_PREFILL)
+        rows.append(row)
+        if row["status"] == "ok":
+            longest = row
+            break
+    if longest is not None:
+        ratios["longest_length"] = longest["length"]
+        ratios["longest_peak_rss_mib"] = longest["peak_rss_mib"]
+        ratios["longest_seconds"] = longest["seconds"]
+    goals = {"memory_ratio": f"<= {MEMORY_GOAL}", "time_ratio": f"<= {TIME_GOAL}", "longest_length": f">= {LENGTH_GOAL}"}
+    return {"rows": rows, "ratios": ratios, "goals": goals}
