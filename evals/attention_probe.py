@@ -13,7 +13,9 @@ probes explain heatmaps. Per cell: one teacher-forced forward over prompt + gold
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from evals import register_task
 from evals.needle import NeedleParams, NeedleTask, answer_settled, greedy_answer, score
@@ -34,6 +36,48 @@ def answer_rows(prompt_length: int, answer_digit_span: tuple[int, int]) -> list[
     return [prompt_length + k - 1 for k in range(start, end)]
 
 
+@dataclass(frozen=True)
+class PromptProbe:
+    """Probe statistics of one prompt; layer axes follow the model's attention layers in order."""
+
+    needle_score: "torch.Tensor"
+    """[layers, heads]: needle mass averaged over the rows predicting an answer digit."""
+    first_digit_score: "torch.Tensor"
+    """[layers, heads]: needle mass of the row predicting the first answer digit."""
+    points: tuple[int, ...]
+    """Key counts n of the fading rows (row n - 1)."""
+    max_weight: "torch.Tensor"
+    """[layers, heads, len(points)]: largest weight of the row at n keys."""
+    entropy: "torch.Tensor"
+    """[layers, heads, len(points)]: entropy (nats) of the row at n keys."""
+
+
+def probe_prompt(model, input_ids: Sequence[int], answer_ids: Sequence[int], needle_span: tuple[int, int],
+                 answer_digit_span: tuple[int, int], *, chunk_elements: int | None = None) -> PromptProbe:
+    """One teacher-forced forward over prompt + answer, capturing the answer-digit rows and the fading rows."""
+    import torch
+
+    from harness.probe import CHUNK_ELEMENTS, capture
+
+    length = len(input_ids)
+    digits = answer_rows(length, answer_digit_span)
+    points = fading_points(length)
+    rows = sorted(set(digits) | {n - 1 for n in points})
+    ids = torch.tensor([list(input_ids) + list(answer_ids)], dtype=torch.long, device=model.device)
+    with torch.inference_mode(), capture(model, rows, spans={"needle": tuple(needle_span)},
+                                         chunk_elements=chunk_elements or CHUNK_ELEMENTS) as probe:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)  # logits of one position only
+    if probe.missing_rows():
+        raise RuntimeError(f"the probe missed rows {probe.missing_rows()[:5]}")
+    slot = {r: i for i, r in enumerate(probe.rows)}
+    mass = probe.get("mass:needle")[:, 0].cpu()  # (layers, H, rows)
+    needle = mass[:, :, [slot[r] for r in digits]]  # (layers, H, answer digits)
+    fading = [slot[n - 1] for n in points]
+    return PromptProbe(needle_score=needle.mean(-1), first_digit_score=needle[..., 0], points=tuple(points),
+                       max_weight=probe.get("max_weight")[:, 0, :, fading].cpu(),
+                       entropy=probe.get("entropy")[:, 0, :, fading].cpu())
+
+
 @register_task("attention_probe")
 class AttentionProbeTask(NeedleTask):
     """Needle score per (layer, head) and attention fading vs n, on the needle task's prompts."""
@@ -43,10 +87,6 @@ class AttentionProbeTask(NeedleTask):
 
     def run_cell(self, params: NeedleParams, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
         """Greedy answer (-> correct) and one probed teacher-forced forward (-> needle scores, fading)."""
-        import torch
-
-        from harness.probe import capture
-
         t0 = time.perf_counter()
         model, tok = loaded.model, loaded.tokenizer
         source = state if state is not None else self.prepare(params, loaded)
@@ -56,34 +96,21 @@ class AttentionProbeTask(NeedleTask):
                                   eos_token_id=tok.eos_token_id, stop=answer_settled(tok))
         scored = score(p, tok.decode(generated))
 
-        digits = answer_rows(length, p.answer_digit_span)
-        points = fading_points(length)
-        rows = sorted(set(digits) | {n - 1 for n in points})
-        ids = torch.tensor([list(p.input_ids) + list(p.answer_ids)], dtype=torch.long, device=model.device)
-        with torch.inference_mode(), capture(model, rows, spans={"needle": p.needle_span}) as probe:
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)  # logits of one position only
-        if probe.missing_rows():
-            raise RuntimeError(f"probe missed rows {probe.missing_rows()[:5]}")
-        slot = {r: i for i, r in enumerate(probe.rows)}
-        layers = sorted(probe.stats)
-        mass = probe.get("mass:needle")[:, 0].cpu()  # (layers, H, rows)
-        needle = mass[:, :, [slot[r] for r in digits]]  # (layers, H, answer digits)
-        score_lh, first_lh = needle.mean(-1), needle[..., 0]
-        peak = probe.get("max_weight")[:, 0].cpu()
-        ent = probe.get("entropy")[:, 0].cpu()
+        stats = probe_prompt(model, p.input_ids, p.answer_ids, p.needle_span, p.answer_digit_span)
+        layers, heads = stats.needle_score.shape
 
         where = {"context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"])}
         needle_rows = [
-            {**where, "layer": layer, "head": head, "needle_score": float(score_lh[li, head]),
-             "first_digit_score": float(first_lh[li, head]), **scored, "answer": p.number,
+            {**where, "layer": layer, "head": head, "needle_score": float(stats.needle_score[layer, head]),
+             "first_digit_score": float(stats.first_digit_score[layer, head]), **scored, "answer": p.number,
              "needle_start": p.needle_span[0], "needle_end": p.needle_span[1]}
-            for li, layer in enumerate(layers) for head in range(score_lh.shape[1])]
+            for layer in range(layers) for head in range(heads)]
         fading_rows = [
-            {**where, "n": n, "layer": layer, "head": head, "max_weight": float(peak[li, head, slot[n - 1]]),
-             "entropy": float(ent[li, head, slot[n - 1]])}
-            for n in points for li, layer in enumerate(layers) for head in range(peak.shape[1])]
+            {**where, "n": n, "layer": layer, "head": head, "max_weight": float(stats.max_weight[layer, head, i]),
+             "entropy": float(stats.entropy[layer, head, i])}
+            for i, n in enumerate(stats.points) for layer in range(layers) for head in range(heads)]
         out = {"needle_score": needle_rows, "attention_fading": fading_rows,
-               "telemetry": {"tokens": ids.shape[1], "probe_seconds": time.perf_counter() - t0}}
+               "telemetry": {"tokens": length + len(p.answer_ids), "probe_seconds": time.perf_counter() - t0}}
         if params.save_prompts:
             out["prompts"] = [{**where, "city": p.city, "number": p.number, "input_ids": list(p.input_ids),
                                "needle_span": list(p.needle_span), "answer_ids": list(p.answer_ids)}]
