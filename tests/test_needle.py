@@ -209,6 +209,14 @@ def test_end_to_end_run(tiny_checkpoint, corpus_dir, tmp_path):
         assert tok.decode(rec["input_ids"][s:e]).strip() == rec["number"]
     out = draw_needle_heatmaps(run, tmp_path / "h.png")
     assert out.is_file() and out.stat().st_size > 1000
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["heatmap", str(run), "--out", str(tmp_path / "cli.png")])
+    assert res.exit_code == 0 and (tmp_path / "cli.png").is_file()
+    res = CliRunner().invoke(app, ["run", "needle", "--model", str(ckpt), "--out", str(tmp_path), "-T", "depths=0,2"])
+    assert res.exit_code == 2 and "depth 2.0 is outside [0, 1]" in res.output
     # determinism: a second run in another folder gives identical prompts and answers
     again = run_task("needle", [str(ckpt)], params, out_root=tmp_path, name="e2e-again", progress=False)
     assert (again / "prompts.jsonl").read_text() == (run / "prompts.jsonl").read_text()
