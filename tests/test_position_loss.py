@@ -52,12 +52,21 @@ def test_theta_override_changes_the_loss(tiny_checkpoint):
     assert not torch.allclose(base, raised, atol=1e-4)
 
 
-@pytest.mark.parametrize("chunk, prefill_chunk", [(1, None), (7, None), (1000, None), (16, 1), (5, 33), (1024, 64)])
-def test_chunking_does_not_change_the_result(tiny_checkpoint, chunk, prefill_chunk):
-    # learned SSMax: the query scale depends on n, so chunked prefill must count cached keys
-    model = load_model(str(tiny_checkpoint(ssmax=True)), "ssmax", 5e5).model
+@pytest.fixture(scope="module")
+def ssmax_model(tmp_path_factory):
+    """A tiny learned-SSMax checkpoint loaded with a raised theta, shared by the chunking tests."""
+    from tests.tiny import save_checkpoint
+
+    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "ssmax", ssmax=True)
+    model = load_model(str(path), "ssmax", 5e5).model
     ids = random_ids(model.config.vocab_size, seed=1)
-    one_pass = per_position_nll(model, ids)
+    return model, ids, per_position_nll(model, ids)
+
+
+@pytest.mark.parametrize("chunk, prefill_chunk", [(1, None), (7, None), (1000, None), (16, 1), (5, 33), (1024, 64)])
+def test_chunking_does_not_change_the_result(ssmax_model, chunk, prefill_chunk):
+    # learned SSMax: the query scale depends on n, so chunked prefill must count cached keys
+    model, ids, one_pass = ssmax_model
     got = per_position_nll(model, ids, chunk=chunk, prefill_chunk=prefill_chunk)
     torch.testing.assert_close(got, one_pass, atol=1e-5, rtol=0)
 
