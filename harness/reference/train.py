@@ -1,0 +1,261 @@
+"""Trainer of the reference softmax/SSMax pair: a small Llama, a copy-then-retrieval curriculum, CSV log."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.reference.data import Mixture, RowMaker, TokenStream
+
+VARIANTS = ("softmax", "ssmax", "ssmax-fixed", "ssmax-bias", "ssmax-late")
+"""(a) softmax, (b) learnable s, (c) s fixed at 1, (d) learnable s and bias, (f) switched to SSMax for the last 20%."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Llama-style decoder size."""
+
+    layers: int = 4
+    """decoder layers"""
+    d_model: int = 128
+    """hidden size"""
+    heads: int = 8
+    """attention heads (no grouped KV)"""
+    ffn: int = 384
+    """SwiGLU inner size"""
+    rope_theta: float = 10_000.0
+    """RoPE base during training"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; identical for the two models of the pair."""
+
+    steps: int = 4000
+    """optimizer steps"""
+    batch_size: int = 8
+    """rows per step"""
+    training_length: int = 256
+    """longest prompt (haystack + needle + question) and the length recorded in config.json"""
+    answer_room: int = 10
+    """extra positions after a prompt for the answer (space, 7 digits, '.', EOS): rows are training_length + this"""
+    lr: float = 2e-3
+    """peak learning rate (constant after warm-up, as in the paper)"""
+    warmup: int = 100
+    """linear warm-up steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on norms or s)"""
+    clip: float = 1.0
+    """gradient-norm clip"""
+    seed: int = 0
+    """model init and data order"""
+    copy_steps: int = 400
+    """stage 1: pure copy task (forms induction heads)"""
+    mix: Mixture = field(default_factory=lambda: Mixture(needle=0.6, copy=0.25, text=0.15))
+    """stage 2 shares of needle / copy / plain-text rows"""
+    answer_weight: float = 8.0
+    """loss weight of the answer tokens (space and digits) relative to other tokens"""
+    distractor_p: float = 0.15
+    """probability of a distractor needle (another city) in a needle row"""
+    init_s: float = 1.0 / math.log(256)
+    """initial SSMax s: 1/ln(training length) makes SSMax equal softmax at n = training length"""
+    late_fraction: float = 0.2
+    """ssmax-late: the final share of steps trained with SSMax"""
+    eval_every: int = 250
+    """steps between held-out checks (needle at the training length, text NLL)"""
+    eval_trials: int = 64
+    """held-out needle trials per check"""
+
+    @property
+    def seq_len(self) -> int:
+        """Row length in tokens."""
+        return self.training_length + self.answer_room
+
+
+def model_config(shape: ModelShape, tokenizer, training_length: int):
+    """A LlamaConfig for the shape, with the reference pair's conventions (training_length, tied embeddings)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.d_model, intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
+        max_position_embeddings=65_536, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": float(shape.rope_theta)},
+    )
+    config.training_length = int(training_length)
+    return config
+
+
+def build_model(variant: str, shape: ModelShape, tokenizer, cfg: TrainConfig):
+    """A freshly initialised model (seeded) with the variant's attention applied."""
+    from transformers import LlamaForCausalLM
+
+    from harness.attention import add_ssmax_parameters, apply_attention
+
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(model_config(shape, tokenizer, cfg.training_length))
+    if variant in ("ssmax", "ssmax-bias"):
+        add_ssmax_parameters(model, cfg.init_s, bias=variant == "ssmax-bias")
+        apply_attention(model, "ssmax")
+    elif variant == "ssmax-fixed":
+        add_ssmax_parameters(model, 1.0)
+        for n, p in model.named_parameters():
+            if n.endswith("ssmax_s"):
+                p.requires_grad_(False)
+        apply_attention(model, "ssmax")
+    else:  # softmax, and ssmax-late until its switch
+        apply_attention(model, "softmax")
+    return model
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _switch_to_ssmax(model, opt, cfg: TrainConfig) -> None:
+    from harness.attention import add_ssmax_parameters, apply_attention
+
+    add_ssmax_parameters(model, cfg.init_s)
+    apply_attention(model, "ssmax")
+    new = [p for n, p in model.named_parameters() if n.endswith("ssmax_s")]
+    opt.add_param_group({"params": new, "weight_decay": 0.0, "lr": opt.param_groups[0]["lr"]})
+
+
+def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted mean loss, NLL and weight of each supervised token) for rows `ids` [B, T] with weights `w`."""
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]  # (B, T-1, d)
+    wt = w[:, 1:]
+    keep = wt > 0
+    # The LM head only where there is a loss (copy prompts and padding are skipped).
+    logits = model.lm_head(hidden[keep])  # (N, V)
+    nll = F.cross_entropy(logits, ids[:, 1:][keep], reduction="none")
+    weights = wt[keep]
+    return (nll * weights).sum() / weights.sum().clamp(min=1e-6), nll, weights
+
+
+@torch.no_grad()
+def evaluate(model, heldout: RowMaker, cfg: TrainConfig, trials: int | None = None, seed: int = 12345) -> dict:
+    """Held-out checks: needle (teacher-forced argmax == greedy exact match) at the training length, text NLL."""
+    model.eval()
+    trials = trials or cfg.eval_trials
+    rng = np.random.default_rng(seed)
+    rows, answers = [], []
+    for t in range(trials):
+        ids, _, pos = heldout.needle_example(rng, cfg.training_length, (t + 0.5) / trials, 0, weights=False)
+        rows.append(ids)
+        answers.append(pos)
+    exact, digits = [], []
+    for i in range(0, trials, 16):
+        chunk = rows[i:i + 16]
+        ids = torch.as_tensor(np.stack(chunk))
+        pred = model(input_ids=ids).logits.argmax(-1)
+        for j, pos in enumerate(answers[i:i + 16]):
+            ok = (pred[j, pos - 1] == ids[j, pos]).numpy()
+            exact.append(bool(ok.all()))
+            digits.append(float(ok[1:].mean()))
+    text_rng = np.random.default_rng(seed + 1)
+    nlls = []
+    for _ in range(2):
+        batch = np.stack([heldout.text_row(text_rng)[0] for _ in range(8)])
+        _, nll, _ = weighted_loss(model, torch.as_tensor(batch), torch.ones(batch.shape))
+        nlls.append(float(nll.mean()))
+    model.train()
+    return {"needle_exact": float(np.mean(exact)), "digit_acc": float(np.mean(digits)),
+            "heldout_nll": float(np.mean(nlls))}
+
+
+LOG_FIELDS = ("step", "loss", "tokens", "seconds", "lr", "stage", "answer_loss", "needle_exact", "digit_acc",
+              "heldout_nll")
+
+
+def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg: TrainConfig, log_path: Path,
+          progress: bool = True, log_every: int = 10, echo=print, on_eval=None) -> list[dict]:
+    """Run the curriculum (copy stage, then the mixture); write the CSV log; return the log rows.
+
+    `on_eval(step, model)` is called after each held-out check (used to keep intermediate checkpoints).
+    """
+    opt = _optimizer(model, cfg)
+    switch_at = int(round(cfg.steps * (1 - cfg.late_fraction))) if variant == "ssmax-late" else None
+    model.train()
+    log: list[dict] = []
+    start, tokens = time.time(), 0
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc=f"train {variant}", unit="step")
+    with log_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for step in range(1, cfg.steps + 1):
+            if switch_at is not None and step == switch_at + 1:
+                _switch_to_ssmax(model, opt, cfg)
+            stage = "copy" if step <= cfg.copy_steps else "mix"
+            mix = Mixture(needle=0.0, copy=1.0, text=0.0) if stage == "copy" else cfg.mix
+            rng = np.random.default_rng([cfg.seed, step])
+            ids_np, w_np = train_rows.batch(rng, cfg.batch_size, mix)
+            ids, w = torch.as_tensor(ids_np), torch.as_tensor(w_np)
+            lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, nll, weights = weighted_loss(model, ids, w)
+            nll = nll.detach()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            tokens += ids.numel()
+            if bar is not None:
+                bar.update(1)
+            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+            if step % log_every == 0 or is_eval or step == 1:
+                answer = weights > 1.0
+                row = {"step": step, "loss": round(float(nll.mean()), 4), "tokens": tokens,
+                       "seconds": round(time.time() - start, 1), "lr": lr, "stage": stage,
+                       "answer_loss": round(float(nll[answer].mean()), 4) if answer.any() else ""}
+                if is_eval:
+                    row.update({k: round(v, 4) for k, v in evaluate(model, heldout_rows, cfg).items()})
+                    echo(f"step {step} loss {row['loss']} answer {row['answer_loss']} needle {row['needle_exact']} "
+                         f"digits {row['digit_acc']} heldout_nll {row['heldout_nll']} t {row['seconds']}s")
+                writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+                f.flush()
+                log.append(row)
+                if is_eval and on_eval is not None:
+                    on_eval(step, model)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return log
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path, recipe: dict) -> None:
+    """Write config.json, model.safetensors, tokenizer files and train_recipe.json into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "train_recipe.json").write_text(json.dumps(recipe, indent=2, default=str) + "\n")
+
+
+def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint: str) -> dict:
+    """The JSON record of how a checkpoint was trained."""
+    return {"variant": variant, "shape": asdict(shape), "train": {**asdict(cfg), "seq_len": cfg.seq_len},
+            "corpus": "builtin:stdlib", "split": "train", "corpus_fingerprint": corpus_fingerprint}
+
+
+__all__ = ["VARIANTS", "ModelShape", "TrainConfig", "build_model", "train", "evaluate", "save_checkpoint",
+           "recipe", "weighted_loss", "model_config", "TokenStream", "replace"]

@@ -1,0 +1,141 @@
+"""The reference pair's tokenizer, training rows, trainer and checkpoints (tiny and offline)."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from harness.corpus import load_corpus
+from harness.errors import UserError
+from harness.haystack import CITIES, QUESTION_TEMPLATE
+from harness.reference import REFERENCE_DIR, build_reference
+from harness.reference import train as tr
+from harness.reference.data import Mixture, RowMaker, token_stream
+from harness.reference.tokenizer import save_tokenizer, train_tokenizer
+
+TINY = tr.ModelShape(layers=2, d_model=32, heads=2, ffn=64)
+TINY_CFG = tr.TrainConfig(steps=40, batch_size=4, training_length=160, copy_steps=5, warmup=5, lr=3e-3,
+                          eval_every=1000, eval_trials=4)
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return [d.text for d in load_corpus("builtin:stdlib", "train").documents[:30]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(docs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(docs, vocab_size=1000), path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def rows(tokenizer, docs):
+    return RowMaker(tokenizer, token_stream(tokenizer, docs), TINY_CFG.seq_len, TINY_CFG.training_length)
+
+
+def test_tokenizer_round_trips_and_prepends_bos(tokenizer):
+    text = "def f(x):\n    return x * 31  # café\n\tüber"
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == tokenizer.eos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.convert_ids_to_tokens([tokenizer.bos_token_id]) == ["<|endoftext|>"]
+
+
+def test_tokenizer_splits_digits_one_per_token(tokenizer):
+    ids = tokenizer(" 8106422.", add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert pieces == [" ", "8", "1", "0", "6", "4", "2", "2", "."]
+
+
+def test_needle_rows_use_the_eval_format(tokenizer, rows):
+    rng = np.random.default_rng(0)
+    ids, w, answer_pos = rows.needle_example(rng, 160, 0.5)
+    prompt = tokenizer.decode(ids[: answer_pos[0]])
+    assert ids[0] == tokenizer.bos_token_id
+    assert len(ids[: answer_pos[0]]) == 160  # exactly the requested prompt length
+    city = next(c for c in CITIES if QUESTION_TEMPLATE.format(city=c) in prompt)
+    assert prompt.endswith(QUESTION_TEMPLATE.format(city=city))
+    answer = tokenizer.decode(ids[answer_pos])
+    assert answer[0] == " " and answer[1:].isdigit() and len(answer) == 8
+    assert f"The special magic {city} number is: {answer[1:]}." in prompt
+    assert (w[answer_pos] == rows.answer_weight).all()
+
+
+def test_batches_depend_only_on_seed_and_step(rows):
+    a = rows.batch(np.random.default_rng([0, 7]), 6, Mixture(needle=0.5, copy=0.2, text=0.3))
+    b = rows.batch(np.random.default_rng([0, 7]), 6, Mixture(needle=0.5, copy=0.2, text=0.3))
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert a[0].shape == (6, TINY_CFG.seq_len)
+
+
+def test_trainer_loss_falls(tokenizer, rows, tmp_path):
+    model = tr.build_model("softmax", TINY, tokenizer, TINY_CFG)
+    log = tr.train(model, "softmax", rows, rows, TINY_CFG, tmp_path / "train_log.csv", progress=False,
+                   log_every=5, echo=lambda m: None)
+    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-3:]])
+    assert last < first - 0.5
+    header = (tmp_path / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["step", "loss", "tokens", "seconds"]
+
+
+def test_ssmax_checkpoint_saves_and_loads_its_s(tokenizer, rows, tmp_path):
+    import harness
+    from harness.attention import attention_modules
+
+    cfg = replace(TINY_CFG, steps=8)
+    model = tr.build_model("ssmax", TINY, tokenizer, cfg)
+    tr.train(model, "ssmax", rows, rows, cfg, tmp_path / "train_log.csv", progress=False, echo=lambda m: None)
+    trained = [m.ssmax_s.detach().clone() for _, m in attention_modules(model)]
+    assert not torch.allclose(torch.stack(trained), torch.full_like(torch.stack(trained), cfg.init_s))
+    tr.save_checkpoint(model, tokenizer, tmp_path, tr.recipe("ssmax", TINY, cfg, "x"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["attention_variant"] == {"name": "ssmax", "bias": False}
+    assert config["training_length"] == cfg.training_length
+    loaded = harness.load_model(str(tmp_path))
+    assert loaded.info.attention == "ssmax"
+    for s, (_, module) in zip(trained, attention_modules(loaded.model)):
+        assert torch.allclose(module.ssmax_s, s)
+    ids = torch.as_tensor(rows.text_row(np.random.default_rng(0))[0][None])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_variants_set_up_their_attention(tokenizer):
+    from harness.attention import attention_modules
+
+    fixed = tr.build_model("ssmax-fixed", TINY, tokenizer, TINY_CFG)
+    assert all(float(m.ssmax_s.min()) == 1.0 and not m.ssmax_s.requires_grad for _, m in attention_modules(fixed))
+    biased = tr.build_model("ssmax-bias", TINY, tokenizer, TINY_CFG)
+    assert all(hasattr(m, "ssmax_b") for _, m in attention_modules(biased))
+    assert math.isclose(tr.TrainConfig().init_s, 1 / math.log(256))
+
+
+def test_build_reference_rejects_bad_input():
+    with pytest.raises(UserError, match="variant"):
+        build_reference("sofmax")
+    with pytest.raises(UserError, match="steps"):
+        build_reference("softmax", steps=0)
+
+
+@pytest.mark.skipif(not (REFERENCE_DIR / "ssmax" / "model.safetensors").exists(), reason="pair not built")
+def test_committed_pair_loads_and_differs_only_in_attention():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    configs = {}
+    for name in ("softmax", "ssmax"):
+        path = REFERENCE_DIR / name
+        assert sum(f.stat().st_size for f in path.iterdir()) <= 10 * 2**20
+        assert (path / "train_log.csv").read_text().startswith("step,loss,tokens,seconds")
+        AutoModelForCausalLM.from_pretrained(str(path))
+        AutoTokenizer.from_pretrained(str(path))
+        configs[name] = json.loads((path / "config.json").read_text())
+    variant = configs["ssmax"].pop("attention_variant")
+    assert variant == {"name": "ssmax", "bias": False}
+    assert configs["softmax"] == configs["ssmax"]
