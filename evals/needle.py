@@ -32,7 +32,7 @@ class NeedleParams:
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     """Needle depths as fractions of the haystack: 0 = right after BOS, 1 = right before the question."""
     trials: int = 4
-    """Prompts per (length, depth), each with its own city, number and haystack."""
+    """Prompts per (length, depth); trial t has the same city, number and haystack order at every length and depth."""
     seed: int = 0
     """Seed of cities, numbers and haystack document order (identical for every model)."""
     save_prompts: bool = False

@@ -104,6 +104,16 @@ def _span_of_number(tokenizer: Any, ids: Sequence[int], span: tuple[int, int], n
     return end > start and tokenizer.decode(list(ids[start:end])).strip() == number
 
 
+def _digit_tokens(tokenizer: Any, ids: Sequence[int], start: int, end: int) -> tuple[int, int]:
+    """[start, end) narrowed to its first..last token that holds a digit (drops a lone leading space token)."""
+    has_digit = [any(c.isdigit() for c in tokenizer.decode([t])) for t in ids[start:end]]
+    if not any(has_digit):
+        return start, start
+    first = has_digit.index(True)
+    last = len(has_digit) - 1 - has_digit[::-1].index(True)
+    return start + first, start + last + 1
+
+
 def needle_tokens(tokenizer: Any, needle: Needle) -> tuple[list[int], tuple[int, int], list[str]]:
     """Needle sentence (ending with a newline) as ids and the [start, end) of its number's tokens.
 
@@ -125,8 +135,8 @@ def needle_tokens(tokenizer: Any, needle: Needle) -> tuple[list[int], tuple[int,
     except (NotImplementedError, TypeError, ValueError, KeyError):
         pass  # slow tokenizers have no offsets: fall through to pieces
     head, num, tail = encode(tokenizer, text[:lo].rstrip(" ")), encode(tokenizer, " " + needle.number), encode(tokenizer, text[hi:])
-    span = (len(head), len(head) + len(num))
     ids = head + num + tail
+    span = _digit_tokens(tokenizer, ids, len(head), len(head) + len(num))
     if not _span_of_number(tokenizer, ids, span, needle.number):
         raise UserError(f"this tokenizer cannot keep the needle number {needle.number} on tokens of its own")
     return ids, span, ["needle: tokenised in pieces (prefix, number, suffix) so the number keeps its own tokens"]
@@ -136,11 +146,14 @@ def answer_tokens(tokenizer: Any, number: str) -> tuple[list[int], tuple[int, in
     """Gold answer " {number}." as ids, and the [start, end) of the number's tokens within it."""
     text = ANSWER_TEMPLATE.format(number=number)
     ids = encode(tokenizer, text)
-    for start in range(len(ids)):
-        for end in range(len(ids), start, -1):
-            if tokenizer.decode(ids[start:end]).strip() == number:
-                return ids, (start, end)
-    raise UserError(f"this tokenizer merges the answer number {number} with its neighbours; the answer cannot be scored")
+    span = _digit_tokens(tokenizer, ids, 0, len(ids))
+    if not _span_of_number(tokenizer, ids, span, number):  # the number merged with "." : tokenise in pieces
+        head, tail = text.split(number)
+        ids = encode(tokenizer, head + number) + encode(tokenizer, tail)
+        span = _digit_tokens(tokenizer, ids, 0, len(ids))
+    if not _span_of_number(tokenizer, ids, span, number):
+        raise UserError(f"this tokenizer merges the answer number {number} with its neighbours; the answer cannot be scored")
+    return ids, span
 
 
 class HaystackSource:

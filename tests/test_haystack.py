@@ -146,3 +146,21 @@ def test_length_above_corpus_names_maximum(tok, corpus):
 def test_bad_length_type(tok, source):
     with pytest.raises(UserError, match="positive integer"):
         build_needle_prompt(tok, source, 2.5, 0.5)
+
+
+def test_tokenizer_that_merges_across_the_number(corpus):
+    """No pre-tokenizer: merges cross spaces and punctuation, so the needle is tokenised in pieces."""
+    tok = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>"], show_progress=False)
+    needles = [NEEDLE_TEMPLATE.format(city=c, number=n) for c in CITIES[:10] for n in range(1000000, 9999999, 999999)]
+    tok.train_from_iterator([PROSE * 20, " ".join(needles) * 3], trainer=trainer)
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<s>")
+    source = HaystackSource(fast, [d.text for d in corpus.documents])
+    assert special_prefix(fast) == ()  # this tokenizer adds no BOS
+    for depth in (0.0, 0.5, 1.0):
+        for trial in range(4):
+            p = build_needle_prompt(fast, source, 170, depth, seed=0, trial=trial)
+            assert len(p.input_ids) == 170
+            assert fast.decode(list(p.input_ids[slice(*p.needle_span)])).strip() == p.number
+            assert fast.decode(list(p.answer_ids[slice(*p.answer_digit_span)])).strip() == p.number
