@@ -205,7 +205,12 @@ class NeedleTask(Task):
             raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
         from harness.corpus import load_corpus
 
-        load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
+        corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
+        # A token covers at least one byte, so no tokenizer fills more than this (exact check: prepare).
+        bound = sum(len(d.text.encode("utf-8")) for d in corpus.documents) + 256
+        if max(params.lengths) > bound:
+            raise UserError(f"context length {max(params.lengths)} is more than corpus {params.corpus!r} can fill "
+                            f"(about {bound} tokens at most); use shorter lengths or a larger corpus")
 
     def cells(self, params: NeedleParams) -> list[dict]:
         """One cell per (context_length, depth, trial)."""

@@ -146,10 +146,11 @@ def test_effective_length():
     ({"lengths": "0,256"}, r"context length 0"),
     ({"corpus": "/no/such/folder"}, r"/no/such/folder"),
     ({"threshold": "1.5"}, r"threshold"),
+    ({"lengths": "256,100000000"}, r"more than corpus '.*haystack.*' can fill"),
 ])
-def test_bad_params(overrides, pattern):
+def test_bad_params(overrides, pattern, corpus_dir):
     with pytest.raises(UserError, match=pattern):
-        parse_task_params("needle", overrides)
+        parse_task_params("needle", {"corpus": str(corpus_dir), **overrides})
 
 
 def test_prepare_rejects_lengths_the_prompt_cannot_hit(tok, corpus_dir):
