@@ -180,9 +180,8 @@ def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
         ax.plot(x, part["mean_nll"].to_numpy(float), marker=".", linewidth=1.5,
                 label=panel_title(*(named.get(k) for k in PANEL_KEYS)))
     lengths = train_length.values() if isinstance(train_length, dict) else [train_length]
-    for i, length in enumerate(sorted({int(n) for n in lengths if n})):
-        ax.axvline(length, color="black", linestyle=":", linewidth=1.2,
-                   label="training length" if i == 0 else None)
+    for length in sorted({int(n) for n in lengths if n}):
+        ax.axvline(length, color="black", linestyle=":", linewidth=1.2, label=f"training length ({length} tokens)")
     ax.set_xscale("log")
     ax.set_xlabel("position of the predicted token (tokens)")
     ax.set_ylabel("test loss (nats / token)")
