@@ -128,7 +128,7 @@ def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: in
 def _rewind(cache, n_tokens: int, prompt_length: int) -> bool:
     """Drop the last n_tokens from a KV cache in place; False if this cache cannot."""
     try:
-        cache.crop(n_tokens)  # transformers 5: the number of tokens to remove
+        cache.crop(-n_tokens)  # negative: remove that many tokens (old and new transformers alike)
         return cache.get_seq_length() == prompt_length
     except (AttributeError, NotImplementedError, ValueError, TypeError):
         return False

@@ -42,7 +42,8 @@ class _Cache:
         return len(self.ids)
 
     def crop(self, n):
-        del self.ids[len(self.ids) - n:]
+        assert n < 0  # transformers' convention: a negative count of tokens to remove
+        del self.ids[n:]
 
 
 class StubModel(torch.nn.Module):
@@ -111,7 +112,7 @@ def test_never_copier_scores_zero(tok, corpus_dir):
     assert task.summarize({"needle": df}, params)["needle_effective_length"]["effective_length"].tolist() == [0]
 
 
-def test_kv_cache_scoring_matches_full_forwards(tok):
+def test_kv_cache_scoring_matches_full_forwards(tok, monkeypatch):
     model = build_model(vocab_size=len(tok), seed=1)
     ids = tok("for ship in harbour: log the ship number is:", add_special_tokens=True)["input_ids"]
     answer = tok(" 1234567.", add_special_tokens=False)["input_ids"]
@@ -123,8 +124,13 @@ def test_kv_cache_scoring_matches_full_forwards(tok):
         ref_nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(answer)))
     assert greedy_answer(model, ids, 6) == seq[len(ids):]
     assert answer_nll(model, ids, answer) == pytest.approx(ref_nll, rel=1e-4)
+    import evals.needle as needle
+
+    prefills = []
+    monkeypatch.setattr(needle, "prefill", lambda *a, _real=needle.prefill: prefills.append(1) or _real(*a))
     generated, nll = score_prompt(model, ids, answer, 6)
     assert generated == seq[len(ids):] and nll == pytest.approx(ref_nll, rel=1e-4)
+    assert len(prefills) == 1  # the cache was rewound after the teacher-forced answer, not rebuilt
 
 
 def test_parse_digits():
