@@ -139,8 +139,8 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
 
     cells_dir = run_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cells_dir.glob(".*.tmp"):  # left by a killed process
-        stale.unlink(missing_ok=True)
+    _remove_stale_tmp(cells_dir)
+    rank, world = _shard()
     manifest = {
         "schema_version": SCHEMA_VERSION, "task": task.name, "params": param_dict,
         "models": [i.as_dict() for i in infos], "corpus_fingerprint": corpus_fp,
@@ -149,15 +149,17 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
         "finished_at": None, "status": "running",
         "cells_total": len(cells), "cells_done": None, "command": sys.argv,
     }
-    _write_json(run_dir / "manifest.json", manifest)
+    if rank == 0:
+        _write_json(run_dir / "manifest.json", manifest)
 
-    pending = [c for c in cells if not (cells_dir / f"{c.key}.json").exists()]
+    mine = cells[rank::world]  # under torchrun each process takes every world-th cell of the grid
+    pending = [c for c in mine if not (cells_dir / f"{c.key}.json").exists()]
     status = "complete"
     try:
         with _deferred_sigint() as stop:
-            _run_pending(task, params, requests, infos, pending, cells, cells_dir, stop,
+            _run_pending(task, params, requests, infos, pending, mine, cells_dir, stop,
                          device=device, dtype=dtype, allow_pickle=allow_pickle,
-                         trust_remote_code=trust_remote_code, progress=progress)
+                         trust_remote_code=trust_remote_code, progress=progress and rank == 0)
             interrupted = stop.is_set()
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -166,7 +168,10 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
     if interrupted:
         done = _assemble(task, params, run_dir, cells, infos, manifest, "interrupted", draw=False)
         raise RunInterrupted(run_dir, done, len(cells))
-    _assemble(task, params, run_dir, cells, infos, manifest, status, draw=True)
+    _barrier(world)  # every process has saved its cells
+    if rank == 0:
+        _assemble(task, params, run_dir, cells, infos, manifest, status, draw=True)
+    _barrier(world)
     return run_dir
 
 
@@ -291,6 +296,32 @@ def _check_existing(run_dir: Path, task_name: str) -> dict:
     if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "cells").is_dir():
         raise UserError(f"{run_dir} exists and is not a run directory; choose another --name")
     return {}
+
+
+def _remove_stale_tmp(cells_dir: Path) -> None:
+    """Delete temp files of processes that died mid-write (their pid is in the name)."""
+    for tmp in cells_dir.glob(".*.tmp"):
+        try:
+            os.kill(int(tmp.name.split(".")[-2]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def _shard() -> tuple[int, int]:
+    """(rank, world size) when started by torchrun, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier(world: int) -> None:
+    """Wait for every torchrun process (no-op in a single process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
 
 
 def _corpus_fingerprint(params) -> str | None:

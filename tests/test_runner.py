@@ -197,3 +197,18 @@ def test_same_name_different_models_are_told_apart(tiny_checkpoint, tmp_path):
     run_dir = run_task("fake", [a, b], {"lengths": "8", "trials": 1}, out_root=tmp_path / "out", progress=False)
     labels = list(_data(run_dir)["model"])
     assert len(set(labels)) == 2 and all(label.startswith("model@") for label in labels)
+
+
+@pytest.mark.slow
+def test_torchrun_shards_cells_across_processes(model, tmp_path):
+    script = tmp_path / "lch_fake.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r}); {CLI}\n")
+    log, out = tmp_path / "log.txt", tmp_path / "out"
+    res = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", str(script), "run", "fake",
+                          "--model", str(model), "--out", str(out), "--name", "d", "-T", "lengths=8,12,16,20",
+                          "-T", f"log={log}", "--no-progress", "--device", "cpu"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert len(lines) == 8 and len({tuple(x[1:]) for x in lines}) == 8 and len({x[0] for x in lines}) == 2
+    assert len(_data(out / "d")) == 8 and results.read_manifest(out / "d")["status"] == "complete"
