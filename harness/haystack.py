@@ -1,4 +1,10 @@
-"""Token-exact haystacks: needle insertion at a depth, question and answer templates (pure functions)."""
+"""Token-exact haystacks: needle insertion at a depth, question and answer templates (pure functions).
+
+A prompt is joined from token pieces, never re-tokenised as one string, so its length is exact and the
+needle's number tokens are known:  BOS + haystack[:at] + needle + haystack[at:] + question.
+The haystack is cut from corpus documents concatenated in a (seed, trial) order; `at` is the last
+line or sentence boundary at or before depth * len(haystack).
+"""
 
 import bisect
 import random
@@ -23,9 +29,7 @@ CITIES = (
     "Caracas", "Nairobi", "Lagos", "Accra", "Dakar", "Tunis", "Algiers",
 )
 DEFAULT_DIGITS = 7
-
-
-SENTENCE_ENDS = ".!?"
+SENTENCE_ENDS = ".!?"  # a token ending in one of these, followed by whitespace, ends a sentence
 
 
 @dataclass(frozen=True)
