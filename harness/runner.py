@@ -52,12 +52,36 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir, self.done, self.total = run_dir, done, total
 
 
-@dataclasses.dataclass
-class _Cell:
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One unit of work: a model (index into the plan's models) at one grid point, keyed by content."""
+
     model_index: int
     coords: dict
     key: str
     cost: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything decided, and validated, before a file is written: task, params, models, keyed cells."""
+
+    task: object
+    params: object
+    requests: tuple
+    infos: tuple
+    """harness.checkpoint.ModelInfo per request (no weights loaded)"""
+    cells: tuple
+    run_dir: Path
+    corpus_fingerprint: str | None
+
+    def cell_path(self, cell: Cell) -> Path:
+        """Where a finished cell is saved."""
+        return self.run_dir / "cells" / f"{cell.key}.json"
+
+    def pending(self) -> list[Cell]:
+        """Cells not finished yet."""
+        return [c for c in self.cells if not self.cell_path(c).exists()]
 
 
 def _sha(obj) -> str:
@@ -96,29 +120,27 @@ def _write_json(path: Path, obj) -> None:
     _atomic_write(path, write)
 
 
-def run_task(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
+def plan_run(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
              device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
-             trust_remote_code: bool = False, progress: bool = True) -> Path:
-    """Run a task's grid on each model (resuming finished cells) and return the run directory."""
+             trust_remote_code: bool = False) -> RunPlan:
+    """Validate a run (task, params, models, corpus, name) and key its cells; loads no weights, writes nothing."""
     from harness import checkpoint
 
     task = get_task(task_name)
     if params is None or isinstance(params, dict):
         params = parse_task_params(task, params or {})
-    elif not isinstance(params, task.Params):
-        raise TypeError(f"params must be a dict or {task.Params.__name__}, got {type(params).__name__}")
-    else:
+    elif isinstance(params, task.Params):
         task.validate(params)
-    requests = [m if isinstance(m, ModelRequest) else ModelRequest(str(m)) for m in models]
+    else:
+        raise TypeError(f"params must be a dict or {task.Params.__name__}, got {type(params).__name__}")
+    requests = tuple(m if isinstance(m, ModelRequest) else ModelRequest(str(m)) for m in models)
     if not requests:
         raise UserError("give at least one model (--model)")
     if name is not None:
         check_run_name(name)
-
-    # Everything is validated before anything is written: models (paths, attention, pickle), corpus.
-    infos = [checkpoint.describe_model(r.spec, r.attention, r.rope_theta, allow_pickle=allow_pickle,
-                                       trust_remote_code=trust_remote_code, dtype=dtype, device=device)
-             for r in requests]
+    infos = tuple(checkpoint.describe_model(r.spec, r.attention, r.rope_theta, allow_pickle=allow_pickle,
+                                            trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+                  for r in requests)
     idents = [(i.fingerprint, i.attention, i.rope_theta, i.dtype) for i in infos]
     if len(set(idents)) < len(idents):
         raise UserError("the same model, attention and rope theta are given twice")
@@ -128,78 +150,90 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
     if len({_sha(c) for c in coords}) < len(coords):
         raise RuntimeError(f"task {task.name!r} returned duplicate cells")
 
+    # The key: everything that decides a cell's result. Grid-only params are left out, so a larger
+    # grid reuses the cells it shares with a smaller one.
     keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params}
     base = {"schema": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
             "params": keyed, "corpus": corpus_fp}
-    cells = [_Cell(m, c, _sha({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)))
-             for m in range(len(infos)) for c in coords]
-    name = name or f"{task.name}-{_sha([task.name, param_dict, idents])[:8]}"
-    run_dir = Path(out_root) / name
-    previous = _check_existing(run_dir, task.name)
+    cells = tuple(Cell(m, c, _sha({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)))
+                  for m in range(len(infos)) for c in coords)
+    run_dir = Path(out_root) / (name or f"{task.name}-{_sha([task.name, param_dict, idents])[:8]}")
+    _check_existing(run_dir, task.name)
+    return RunPlan(task, params, requests, infos, cells, run_dir, corpus_fp)
 
-    cells_dir = run_dir / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(cells_dir)
+
+def run_task(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
+             device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
+             trust_remote_code: bool = False, progress: bool = True) -> Path:
+    """Run a task's grid on each model (resuming finished cells) and return the run directory."""
+    plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
+                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    return execute(plan, progress=progress, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                   trust_remote_code=trust_remote_code)
+
+
+def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
+    """Compute the plan's pending cells (this process's share under torchrun), then assemble the run dir."""
+    run_dir, cells = plan.run_dir, plan.cells
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(run_dir / "cells")
     rank, world = _shard()
+    previous = _check_existing(run_dir, plan.task.name)
     manifest = {
-        "schema_version": SCHEMA_VERSION, "task": task.name, "params": param_dict,
-        "models": [i.as_dict() for i in infos], "corpus_fingerprint": corpus_fp,
-        "versions": _versions(), "git_sha": _git_sha(), "device": infos[0].device, "dtype": infos[0].dtype,
-        "first_started_at": previous.get("first_started_at") or _now(), "started_at": _now(),
-        "finished_at": None, "status": "running",
+        "schema_version": SCHEMA_VERSION, "task": plan.task.name, "params": params_to_dict(plan.params),
+        "models": [i.as_dict() for i in plan.infos], "corpus_fingerprint": plan.corpus_fingerprint,
+        "versions": _versions(), "git_sha": _git_sha(), "device": plan.infos[0].device,
+        "dtype": plan.infos[0].dtype, "first_started_at": previous.get("first_started_at") or _now(),
+        "started_at": _now(), "finished_at": None, "status": "running",
         "cells_total": len(cells), "cells_done": None, "command": sys.argv,
     }
     if rank == 0:
         _write_json(run_dir / "manifest.json", manifest)
 
     mine = cells[rank::world]  # under torchrun each process takes every world-th cell of the grid
-    pending = [c for c in mine if not (cells_dir / f"{c.key}.json").exists()]
-    status = "complete"
     try:
         with _deferred_sigint() as stop:
-            _run_pending(task, params, requests, infos, pending, mine, cells_dir, stop,
-                         device=device, dtype=dtype, allow_pickle=allow_pickle,
-                         trust_remote_code=trust_remote_code, progress=progress and rank == 0)
-            interrupted = stop.is_set()
+            _run_pending(plan, mine, stop, progress=progress and rank == 0, **load_kw)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        _assemble(task, params, run_dir, cells, infos, manifest, status, draw=False)
+        _assemble(plan, manifest, status, draw=False)
         raise
-    if interrupted:
-        done = _assemble(task, params, run_dir, cells, infos, manifest, "interrupted", draw=False)
+    if stop.is_set():
+        done = _assemble(plan, manifest, "interrupted", draw=False)
         raise RunInterrupted(run_dir, done, len(cells))
     _barrier(world)  # every process has saved its cells
     if rank == 0:
-        _assemble(task, params, run_dir, cells, infos, manifest, status, draw=True)
+        _assemble(plan, manifest, "complete", draw=True)
     _barrier(world)
     return run_dir
 
 
-def _run_pending(task, params, requests, infos, pending, cells, cells_dir, stop, *, progress, **load_kw):
-    """Compute the pending cells, one model loaded at a time, each cell saved as soon as it is done."""
+def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> None:
+    """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
     from tqdm.auto import tqdm
 
     from harness import checkpoint
 
+    pending = [c for c in cells if not plan.cell_path(c).exists()]
     total_cost = sum(c.cost for c in cells)
     bar = tqdm(total=total_cost, initial=total_cost - sum(c.cost for c in pending), disable=not progress,
-               desc=task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,
+               desc=plan.task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     done = len(cells) - len(pending)
     bar.set_postfix_str(f"{done}/{len(cells)} cells")
     try:
-        for m, request in enumerate(requests):
+        for m, request in enumerate(plan.requests):
             todo = [c for c in pending if c.model_index == m]
             if not todo or stop.is_set():
                 continue
             loaded = checkpoint.load_model(request.spec, request.attention, request.rope_theta, **load_kw)
-            if loaded.info.fingerprint != infos[m].fingerprint:
-                raise RuntimeError(f"{request.spec}: checkpoint changed while the run started")
-            state = task.prepare(params, loaded)
+            if loaded.info.fingerprint != plan.infos[m].fingerprint:
+                raise RuntimeError(f"{request.spec}: checkpoint changed after the run started")
+            state = plan.task.prepare(plan.params, loaded)
             for cell in todo:
                 if stop.is_set():
                     break
-                _write_json(cells_dir / f"{cell.key}.json", _run_cell(task, params, loaded, state, cell))
+                _write_json(plan.cell_path(cell), _run_cell(plan.task, plan.params, loaded, state, cell))
                 done += 1
                 bar.set_postfix_str(f"{done}/{len(cells)} cells")
                 bar.update(cell.cost)
@@ -209,7 +243,7 @@ def _run_pending(task, params, requests, infos, pending, cells, cells_dir, stop,
         bar.close()
 
 
-def _run_cell(task, params, loaded, state, cell: _Cell) -> dict:
+def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
     """One cell with its telemetry, as the JSON document saved under cells/."""
     seed = cell_seed(getattr(params, "seed", 0), cell.coords)
     _seed_everything(seed)
@@ -237,14 +271,15 @@ def _run_cell(task, params, loaded, state, cell: _Cell) -> dict:
     return {"key": cell.key, "cell": cell.coords, "tables": out, "telemetry": telemetry}
 
 
-def _assemble(task, params, run_dir: Path, cells, infos, manifest, status: str, *, draw: bool) -> int:
+def _assemble(plan: RunPlan, manifest: dict, status: str, *, draw: bool) -> int:
     """Rebuild tables/ from the grid's finished cells and update the manifest; return cells done."""
+    task, params, run_dir, infos = plan.task, plan.params, plan.run_dir, plan.infos
     rows: dict[str, list[dict]] = {t: [] for t in task.tables}
     labels = _model_labels(infos)
     telemetry = []
     done = 0
-    for cell in cells:  # grid order, so tables never depend on the order cells ran in
-        path = run_dir / "cells" / f"{cell.key}.json"
+    for cell in plan.cells:  # grid order, so tables never depend on the order cells ran in
+        path = plan.cell_path(cell)
         if not path.exists():
             continue
         saved = json.loads(path.read_text())

@@ -14,7 +14,7 @@ import pytest
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
 from harness import checkpoint, results
 from harness.errors import UserError
-from harness.runner import ModelRequest, RunInterrupted, cell_seed, check_run_name, run_task
+from harness.runner import ModelRequest, RunInterrupted, cell_seed, check_run_name, plan_run, run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; import tests.fake_tasks; from harness.cli import app; app()"
@@ -55,7 +55,10 @@ def test_run_dir_layout_and_manifest(model, tmp_path):
 
 
 def test_rerun_computes_nothing_and_loads_no_model(model, tmp_path, monkeypatch):
+    plan = plan_run("fake", [model], {}, out_root=tmp_path / "out")
+    assert len(plan.pending()) == 4 and not (tmp_path / "out").exists()  # planning writes nothing
     first = run_task("fake", [model], {}, out_root=tmp_path, progress=False)
+    assert plan_run("fake", [model], {}, out_root=tmp_path).pending() == []
     before = _data(first)
     _no_loading(monkeypatch)
     start = time.perf_counter()
