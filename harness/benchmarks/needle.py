@@ -16,6 +16,8 @@ from pathlib import Path
 from harness.bench import register_bench
 
 GOAL = 0.10
+# Measured 2026-11-23 on the shared 2-core machine: full grid (100 cells, 256..4096 tokens) 1.0% per cell,
+# 8.1% for the whole run; --quick (30 cells) 3.4% per cell, 49% whole run (3 s of fixed costs).
 
 
 def _tokenizer(texts):
@@ -129,5 +131,7 @@ def _measure(corpus, params) -> dict:
     rows.append({"context_length": "whole run", "cells": len(needle), "cell_seconds": total,
                  "forward_seconds": clock.seconds, "forward_calls": clock.calls,
                  "overhead_share": 1 - clock.seconds / total})
-    ratios = {"overhead_share_cells": 1 - clock.seconds / cell_seconds, "overhead_share_run": 1 - clock.seconds / total}
+    # Fixed costs (model load, corpus tokenising, tables, figure) dominate a small (--quick) grid.
+    ratios = {"overhead_share_cells": 1 - clock.seconds / cell_seconds, "overhead_share_run": 1 - clock.seconds / total,
+              "fixed_seconds": total - cell_seconds}
     return {"rows": rows, "ratios": ratios, "goals": {"overhead_share_run": f"<= {GOAL}", "overhead_share_cells": f"<= {GOAL}"}}
