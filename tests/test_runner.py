@@ -96,10 +96,11 @@ def test_sigkill_then_resume_every_cell_once(model, tmp_path, monkeypatch):
     log, out = tmp_path / "log.txt", tmp_path / "out"
     args = [sys.executable, "-c", CLI, "run", "fake", "--model", str(model), "--out", str(out), "--name", "k",
             "-T", "lengths=8,12,16,20", "-T", "trials=2", "-T", f"log={log}", "--no-progress"]
-    proc = subprocess.Popen(args + ["-T", "sleep=0.4"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "k" / "cells").glob("*.json"))) < 2:
+    proc = subprocess.Popen(args + ["-T", "sleep=1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600  # the interpreter, torch and the model load first (slow on a busy machine)
+    while time.time() < deadline and proc.poll() is None and len(list((out / "k" / "cells").glob("*.json"))) < 2:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list((out / "k" / "cells").glob("*.json")))
