@@ -17,9 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-@pytest.fixture
-def model(tiny_checkpoint):
-    return tiny_checkpoint(name="tiny")
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """One tiny random Llama checkpoint for the whole module (runs never modify it)."""
+    from tests.tiny import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture

@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; import tests.fake_tasks; from harness.cli import app; app()"
 
 
-@pytest.fixture
-def model(tiny_checkpoint):
-    return tiny_checkpoint(name="tiny")
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """One tiny random Llama checkpoint for the whole module (runs never modify it)."""
+    from tests.tiny import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def _no_loading(monkeypatch):
