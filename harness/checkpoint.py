@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ def describe_model(spec: str, attention: str | None = None, rope_theta: float | 
                    allow_pickle: bool = False, trust_remote_code: bool = False,
                    dtype: str | None = None, device: str = "cpu") -> ModelInfo:
     """Validate a model request and describe it without loading weights (cheap; used for cell keys)."""
-    from harness.attention import parse_spec, resolve_spec
+    from harness.attention_spec import parse_spec, resolve_spec
 
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
@@ -245,10 +245,30 @@ def set_rope_theta(config, theta: float) -> None:
         raise UserError(f"--rope-theta given, but {type(config).__name__} has no RoPE base to override")
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str) -> None:
+    """Refuse an unknown device_map, or one given without accelerate installed."""
+    if device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise UserError(f"device_map={device_map!r} needs accelerate: "
+                        "pip install 'long-context-harness[scale]'") from None
+
+
 def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, *,
                device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load a checkpoint with an attention variant and optional RoPE base override, ready for evaluation."""
+               trust_remote_code: bool = False, device_map: str | None = None) -> LoadedModel:
+    """Load a checkpoint with an attention variant and optional RoPE base override, ready for evaluation.
+
+    device_map="auto" (needs accelerate) spreads a model too large for one device over every visible
+    GPU (then CPU memory) in this one process; `device` is then ignored.
+    """
+    if device_map is not None:
+        check_device_map(device_map)
     info = describe_model(spec, attention, rope_theta, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, dtype=dtype, device=device)
     import torch
@@ -265,16 +285,21 @@ def load_model(spec: str, attention: str | None = None, rope_theta: float | None
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # ssmax_s keys are loaded below, not "unexpected"
     hf_logging.disable_progress_bar()  # the harness shows its own progress
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=getattr(torch, info.dtype), use_safetensors=not allow_pickle or None,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, **placement)
     finally:
         hf_logging.set_verbosity(level)
     if info.checkpoint_attention == "ssmax":
         load_ssmax_parameters(model, path)
     apply_attention(model, info.attention, info.training_length)
-    model.to(info.device).eval()
+    if device_map is None:
+        model.to(info.device)
+    else:  # accelerate placed the layers; inputs go where the embeddings are
+        info = replace(info, device=str(model.device))
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
 

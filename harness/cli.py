@@ -6,6 +6,7 @@ the traceback. Heavy imports (torch, transformers) happen inside the commands th
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import traceback
@@ -181,6 +182,7 @@ def run(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="run name (default: task + hash of the configuration)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:<index>")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: spread one model too large for a GPU over all GPUs (needs accelerate)")] = None,
     dtype: Annotated[Optional[DType], typer.Option(help="weights dtype (default float32)")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
@@ -205,10 +207,11 @@ def run(
     try:
         run_dir = run_task(task, models, params, out_root=out, name=name, device=device,
                            dtype=dtype.value if dtype else None, allow_pickle=allow_pickle,
-                           trust_remote_code=trust_remote_code, progress=progress)
+                           trust_remote_code=trust_remote_code, progress=progress, device_map=device_map)
     except RunInterrupted as e:
         _resume_hint(e)
-    _print_summary(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        _print_summary(run_dir)
 
 
 def _resume_hint(e):
@@ -290,7 +293,7 @@ def heatmap(
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Needle heatmaps of a run (accuracy over context length x depth)."""
-    draw = _provided("harness.plots", "draw_needle_heatmaps", "heatmap")
+    from harness.plots import draw_needle_heatmaps as draw
     typer.echo(str(draw(run_dir, out)))
 
 
@@ -301,7 +304,7 @@ def compare(
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Compare runs side by side: headline table, figures, report.html."""
-    compare_runs = _provided("harness.report", "compare_runs", "compare")
+    from harness.report import compare_runs
     typer.echo(str(compare_runs(run_dirs, out)))
 
 
@@ -313,7 +316,7 @@ def demo(
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """The main job on the embedded reference pair, offline; ends with a comparison report."""
-    run_demo = _provided("harness.demo", "run_demo", "demo")
+    from harness.demo import run_demo
     try:
         report = run_demo(out, quick=quick, progress=progress)
     except _interrupted() as e:
@@ -327,17 +330,6 @@ def _interrupted():
     return RunInterrupted
 
 
-def _provided(module: str, function: str, command: str):
-    """A function a later part of the harness provides; a clear error while it does not exist yet."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        _not_yet(command)
-    found = getattr(importlib.import_module(module), function, None)  # a broken module fails loudly
-    return found if found is not None else _not_yet(command)
-
-
 @reference_app.command("build")
 def reference_build(
     variant: Annotated[Optional[list[str]], typer.Option(help="variant to train (repeatable; default softmax and ssmax)")] = None,
@@ -347,14 +339,12 @@ def reference_build(
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Retrain the reference softmax/SSMax pair."""
-    build_reference = _provided("harness.reference", "build_reference", "reference build")
+    from harness.reference import build_reference
     for v in variant or ["softmax", "ssmax"]:
         path = build_reference(v, out / v if out else None, steps=steps, quick=quick)
         typer.echo(f"{v}: {path}")
 
 
-def _not_yet(command: str):
-    raise UserError(f"'lch {command}' is not available yet in this version")
 
 
 if __name__ == "__main__":

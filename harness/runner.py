@@ -7,6 +7,11 @@ Layout of a run directory (DESIGN.md):
     RUN_DIR/figures/*.png            drawn by the task
 A cell's key hashes everything that decides its result, so rerunning the same command skips every
 finished cell, a larger grid reuses the cells it shares, and a changed model or corpus recomputes.
+
+Under torchrun (WORLD_SIZE > 1) every process joins one process group (gloo on CPU, nccl on GPU),
+runs its model on cuda:LOCAL_RANK (or the CPU), and computes its share of the pending cells, balanced
+by cost (`assign_cells`); rank 0 assembles the tables after a barrier. Keys never depend on ranks, so
+a run resumes under any world size. RUN_DIR must be on a filesystem that every process sees.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
 import json
 import os
 import random
@@ -164,20 +170,40 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
 
 def run_task(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
              device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
-             trust_remote_code: bool = False, progress: bool = True) -> Path:
+             trust_remote_code: bool = False, progress: bool = True, device_map: str | None = None) -> Path:
     """Run a task's grid on each model (resuming finished cells) and return the run directory."""
+    if device_map is not None:
+        from harness.checkpoint import check_device_map
+
+        check_device_map(device_map)
     plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
                     allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    extra = {"device_map": device_map} if device_map is not None else {}
     return execute(plan, progress=progress, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                   trust_remote_code=trust_remote_code)
+                   trust_remote_code=trust_remote_code, **extra)
 
 
 def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
     """Compute the plan's pending cells (this process's share under torchrun), then assemble the run dir."""
+    rank, world = _shard()
+    if world > 1 and load_kw.get("device_map") is not None:
+        raise UserError(f"--device-map spreads one model over all devices in one process; do not combine it "
+                        f"with torchrun (WORLD_SIZE={world})")
+    load_kw["device"] = _local_device(load_kw.get("device", "cpu"), world)
+    joined = _join_group(world, load_kw["device"])
+    try:
+        return _execute(plan, rank, world, progress, load_kw)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict) -> Path:
     run_dir, cells = plan.run_dir, plan.cells
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(run_dir / "cells")
-    rank, world = _shard()
     previous = _check_existing(run_dir, plan.task.name)
     manifest = {
         "schema_version": SCHEMA_VERSION, "task": plan.task.name, "params": params_to_dict(plan.params),
@@ -190,7 +216,10 @@ def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
     if rank == 0:
         _write_json(run_dir / "manifest.json", manifest)
 
-    mine = cells[rank::world]  # under torchrun each process takes every world-th cell of the grid
+    # Only pending cells are shared out; every rank uses rank 0's view of what is pending, taken
+    # before anyone computes, so no cell is skipped or done twice.
+    pending = _agreed_pending(plan, world)
+    mine = assign_cells(pending, world)[rank]
     try:
         with _deferred_sigint() as stop:
             _run_pending(plan, mine, stop, progress=progress and rank == 0, **load_kw)
@@ -206,6 +235,19 @@ def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
         _assemble(plan, manifest, "complete", draw=True)
     _barrier(world)
     return run_dir
+
+
+def assign_cells(cells, world: int) -> list[list[Cell]]:
+    """Split cells over `world` ranks, balanced by cost and deterministic; each share in grid order."""
+    # LPT: the most expensive cell first, each to the least-loaded rank (ties: cell key, lowest rank).
+    order = {c.key: i for i, c in enumerate(cells)}
+    shares: list[list[Cell]] = [[] for _ in range(world)]
+    loads = [(0.0, r) for r in range(world)]
+    for cell in sorted(cells, key=lambda c: (-c.cost, c.key)):
+        load, r = heapq.heappop(loads)
+        shares[r].append(cell)
+        heapq.heappush(loads, (load + cell.cost, r))
+    return [sorted(share, key=lambda c: order[c.key]) for share in shares]
 
 
 def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> None:
@@ -297,6 +339,8 @@ def _assemble(plan: RunPlan, manifest: dict, status: str, *, draw: bool) -> int:
     tables["cells"] = pd.DataFrame(telemetry) if telemetry else pd.DataFrame(columns=list(MODEL_COLUMNS))
     tables_dir = run_dir / "tables"
     tables_dir.mkdir(exist_ok=True)
+    # Optional tables that got no rows (e.g. prompts without save_prompts) are left out.
+    tables = {t: df for t, df in tables.items() if len(df) or t in (task.tables[:1] + ("cells",))}
     for table, df in tables.items():
         _atomic_write(tables_dir / f"{table}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
         _atomic_write(tables_dir / f"{table}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
@@ -349,13 +393,57 @@ def _shard() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _local_device(device: str, world: int) -> str:
+    """Under torchrun with --device auto|cuda and CUDA present: this process's GPU, cuda:LOCAL_RANK."""
+    if world == 1 or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible; "
+                        "start at most one process per GPU (torchrun --nproc_per_node)")
+    return f"cuda:{local}"
+
+
+def _join_group(world: int, device: str) -> bool:
+    """Join torchrun's process group (nccl on GPU, gloo on CPU); True if this call created it."""
+    if world == 1:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+    # Ranks wait at barriers for the slowest one, which may be busy with a long cell for hours; a rank
+    # that dies is noticed by torchrun, which stops the others, so the timeout is only a last resort.
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=dt.timedelta(hours=24))
+    return True
+
+
+def _agreed_pending(plan: RunPlan, world: int) -> list[Cell]:
+    """The plan's pending cells as rank 0 sees them (every rank gets the same list)."""
+    pending = plan.pending()
+    if world == 1:
+        return pending
+    import torch.distributed as dist
+
+    keys = [[c.key for c in pending]]
+    dist.broadcast_object_list(keys, src=0)
+    wanted = set(keys[0])
+    return [c for c in plan.cells if c.key in wanted]
+
+
 def _barrier(world: int) -> None:
     """Wait for every torchrun process (no-op in a single process)."""
     if world > 1:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
         dist.barrier()
 
 
