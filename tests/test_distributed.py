@@ -1,0 +1,193 @@
+"""Scale-out: cost-balanced sharding (LPT), torchrun runs equal single-process runs, resume across world sizes, device_map."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
+from harness import checkpoint, results, runner
+from harness.errors import UserError
+from harness.runner import Cell, assign_cells, plan_run, run_task
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rank 1 dies (SIGKILL) right after saving its first cell when LCH_TEST_KILL_RANK1 is set.
+SCRIPT = """import os, signal, sys
+sys.path.insert(0, {root!r})
+import tests.fake_tasks
+if os.environ.get("LCH_TEST_KILL_RANK1") and os.environ.get("RANK") == "1":
+    import harness.runner as r
+    write = r._write_json
+    def dying_write(path, obj):
+        write(path, obj)
+        if path.parent.name == "cells":
+            os.kill(os.getpid(), signal.SIGKILL)
+    r._write_json = dying_write
+from harness.cli import app
+app()
+"""
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """One tiny random Llama checkpoint for the whole module."""
+    from tests.tiny import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _cells(costs):
+    return [Cell(0, {"i": i}, f"k{i:02d}", float(c)) for i, c in enumerate(costs)]
+
+
+def _loads(shares):
+    return [sum(c.cost for c in share) for share in shares]
+
+
+def test_lpt_balances_by_cost_deterministically():
+    cells = _cells([1, 2, 4, 8, 16, 32, 1, 2, 4, 8, 16, 32])
+    shares = assign_cells(cells, 2)
+    assert _loads(shares) == [63.0, 63.0]
+    assert sorted(c.key for s in shares for c in s) == sorted(c.key for c in cells)  # each cell once
+    assert all(s == sorted(s, key=lambda c: c.key) for s in shares)  # grid order within a share
+    assert [[c.key for c in s] for s in assign_cells(cells, 2)] == [[c.key for c in s] for s in shares]
+    # every-world-th (the old scheme) would give one rank all the long cells of a sorted grid
+    by_length = _cells([1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32])
+    assert _loads([by_length[0::2], by_length[1::2]]) == [63.0, 63.0]
+    skewed = _cells([32, 1, 32, 1, 32, 1, 32, 1])
+    assert _loads([skewed[0::2], skewed[1::2]]) == [128.0, 4.0]
+    assert _loads(assign_cells(skewed, 2)) == [66.0, 66.0]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 16])
+def test_lpt_covers_every_cell_once_and_is_within_one_cell_of_balance(world):
+    import random
+
+    rng = random.Random(world)
+    cells = _cells([rng.choice([1, 2, 4, 8, 16]) for _ in range(37)])
+    shares = assign_cells(cells, world)
+    assert len(shares) == world
+    keys = [c.key for s in shares for c in s]
+    assert len(keys) == len(set(keys)) == len(cells)
+    loads = _loads(shares)
+    assert max(loads) - min(loads) <= max(c.cost for c in cells)
+    # ties (equal costs) are broken by key, so a shuffled input gives the same shares
+    shuffled = cells[:]
+    rng.shuffle(shuffled)
+    assert [{c.key for c in s} for s in assign_cells(shuffled, world)] == [{c.key for c in s} for s in shares]
+
+
+def _fake_rank(monkeypatch, rank, world):
+    """Pretend to be one rank of a torchrun job without a process group (every other rank is absent)."""
+    monkeypatch.setattr(runner, "_shard", lambda: (rank, world))
+    monkeypatch.setattr(runner, "_join_group", lambda world, device: False)
+    monkeypatch.setattr(runner, "_agreed_pending", lambda plan, world: plan.pending())
+    monkeypatch.setattr(runner, "_barrier", lambda world: None)
+
+
+def test_resume_under_other_world_sizes_computes_only_missing_cells(model, tmp_path, monkeypatch):
+    log = tmp_path / "log.txt"
+    params = {"lengths": "8,12,16,20", "trials": 2, "log": str(log)}
+    with monkeypatch.context() as m:  # rank 0 of 3 runs alone (ranks 1 and 2 died before any cell)
+        _fake_rank(m, 0, 3)
+        run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)
+    first = len(log.read_text().splitlines())
+    plan = plan_run("fake", [model], params, out_root=tmp_path, name="r")
+    assert first == 8 - len(plan.pending()) and 0 < first < 8
+    share = assign_cells(plan.pending(), 2)[1]
+    with monkeypatch.context() as m:  # then rank 1 of 2: its share of what is still pending
+        _fake_rank(m, 1, 2)
+        run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)
+    assert len(log.read_text().splitlines()) == first + len(share)
+    assert all(plan.cell_path(c).exists() for c in share) and len(plan.pending()) == 8 - first - len(share) > 0
+    run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)  # world size 1 finishes
+    lines = [tuple(x.split()[1:]) for x in log.read_text().splitlines()]
+    assert len(lines) == len(set(lines)) == 8  # every cell computed exactly once over three starts
+    df = results.load_run(tmp_path / "r")["fake"]
+    assert len(df) == 8 and not df.duplicated(["length", "trial"]).any()
+    assert results.read_manifest(tmp_path / "r")["status"] == "complete"
+
+
+def test_device_map_needs_accelerate_and_a_known_map(model, monkeypatch):
+    with pytest.raises(UserError, match="unknown device map 'everywhere'"):
+        checkpoint.load_model(str(model), device_map="everywhere")
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate -> ImportError
+    with pytest.raises(UserError, match=r"needs accelerate: pip install 'long-context-harness\[scale\]'"):
+        checkpoint.load_model(str(model), device_map="auto")
+
+
+def test_device_map_with_torchrun_is_refused(model, tmp_path, monkeypatch):
+    pytest.importorskip("accelerate")
+    monkeypatch.setattr(runner, "_shard", lambda: (0, 2))
+    with pytest.raises(UserError, match="do not combine it with torchrun"):
+        run_task("fake", [model], {}, out_root=tmp_path, progress=False, device_map="auto")
+    assert not (tmp_path / "fake").exists() and not list(tmp_path.iterdir())
+
+
+def test_device_map_auto_loads_and_runs_like_a_plain_load(model, tmp_path):
+    pytest.importorskip("accelerate")
+    import torch
+
+    plain = checkpoint.load_model(str(model))
+    mapped = checkpoint.load_model(str(model), device_map="auto")
+    assert mapped.info.device == "cpu"  # no GPU here: accelerate keeps every layer on the CPU
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(mapped.model(ids).logits, plain.model(ids).logits)
+    params = {"lengths": "8,16", "trials": 1}
+    a = run_task("fake", [model], params, out_root=tmp_path, name="plain", progress=False)
+    b = run_task("fake", [model], params, out_root=tmp_path, name="mapped", progress=False, device_map="auto")
+    pd.testing.assert_frame_equal(results.load_run(a)["fake"], results.load_run(b)["fake"])
+
+
+def _torchrun(tmp_path, args, **env):
+    script = tmp_path / "lch_dist.py"
+    script.write_text(SCRIPT.format(root=str(ROOT)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "run", "fake", *args, "--no-progress", "--device", "cpu"]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+GRID = ["-T", "lengths=8,12,16,20,24", "-T", "trials=2"]
+GRID_PARAMS = {"lengths": "8,12,16,20,24", "trials": 2}
+
+
+@pytest.mark.slow
+def test_torchrun_tables_equal_single_process_and_shares_are_balanced(model, tmp_path):
+    log, out = tmp_path / "log.txt", tmp_path / "out"
+    res = _torchrun(tmp_path, ["--model", str(model), "--out", str(out), "--name", "sharded", *GRID,
+                               "-T", f"log={log}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run dir:") == 1  # one summary, from rank 0
+    single = run_task("fake", [model], GRID_PARAMS, out_root=out, name="single", progress=False)
+    pd.testing.assert_frame_equal(results.load_run(out / "sharded")["fake"], results.load_run(single)["fake"])
+    assert results.read_manifest(out / "sharded")["status"] == "complete"
+    lines = [x.split() for x in log.read_text().splitlines()]
+    assert len(lines) == 10 and len({tuple(x[1:]) for x in lines}) == 10
+    cost = {}
+    for pid, length, _ in lines:
+        cost[pid] = cost.get(pid, 0) + int(length)
+    assert sorted(cost.values()) == [80, 80]  # LPT: 24+20+16+12+8 on each rank
+
+
+@pytest.mark.slow
+def test_killed_rank_then_world_size_one_finishes_every_cell_once(model, tmp_path):
+    log, out = tmp_path / "log.txt", tmp_path / "out"
+    params = {**GRID_PARAMS, "sleep": 0.5, "log": str(log)}
+    res = _torchrun(tmp_path, ["--model", str(model), "--out", str(out), "--name", "k", *GRID, "-T", "sleep=0.5",
+                               "-T", f"log={log}"], LCH_TEST_KILL_RANK1="1")
+    assert res.returncode != 0  # torchrun reports the dead rank and stops the other one
+    saved = {p.stem for p in (out / "k" / "cells").glob("*.json")}
+    assert 1 <= len(saved) < 10
+    before = len(log.read_text().splitlines())
+    run_task("fake", [model], params, out_root=out, name="k", progress=False)  # world size 1
+    rerun = log.read_text().splitlines()[before:]
+    assert len(rerun) == 10 - len(saved)  # only the missing cells
+    df = results.load_run(out / "k")["fake"]
+    assert len(df) == 10 and not df.duplicated(["length", "trial"]).any()
+    assert len(list((out / "k" / "cells").glob("*.json"))) == 10
+    assert results.read_manifest(out / "k")["cells_done"] == 10
