@@ -72,7 +72,9 @@ def test_batches_depend_only_on_seed_and_step(rows):
     a = rows.batch(np.random.default_rng([0, 7]), 6, Mixture(needle=0.5, copy=0.2, text=0.3))
     b = rows.batch(np.random.default_rng([0, 7]), 6, Mixture(needle=0.5, copy=0.2, text=0.3))
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
-    assert a[0].shape == (6, TINY_CFG.seq_len)
+    assert a[0].shape[0] == 6 and a[0].shape[1] <= TINY_CFG.seq_len
+    short = rows.batch(np.random.default_rng(1), 4, Mixture(needle=0, copy=1, text=0), copy_k_max=10)
+    assert short[0].shape[1] <= 21  # BOS + 2 x 10, the unused columns cut
 
 
 def test_trainer_loss_falls(tokenizer, rows, tmp_path):
@@ -114,7 +116,7 @@ def test_variants_set_up_their_attention(tokenizer):
     assert all(float(m.ssmax_s.min()) == 1.0 and not m.ssmax_s.requires_grad for _, m in attention_modules(fixed))
     biased = tr.build_model("ssmax-bias", TINY, tokenizer, TINY_CFG)
     assert all(hasattr(m, "ssmax_b") for _, m in attention_modules(biased))
-    assert math.isclose(tr.TrainConfig().init_s, 1 / math.log(256))
+    assert 1 / math.log(256) < tr.TrainConfig().init_s < 1  # sharper than softmax beyond short contexts
 
 
 def test_build_reference_rejects_bad_input():

@@ -21,6 +21,8 @@ class Mixture:
     needle: float = 0.0
     copy: float = 0.0
     text: float = 1.0
+    copy_kinds: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    """shares of copy rows made of random tokens, random digits, text windows"""
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,15 @@ class RowMaker:
         return self._pad(ids, w)
 
     # ---- copy tasks: a sequence followed by itself; loss on the repeat
-    def copy_row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """BOS + x + x where x is random tokens, random digits or a text window; loss on the second x."""
-        k = int(rng.integers(8, (self.T - 1) // 2 + 1))
+    def copy_row(self, rng: np.random.Generator, kinds: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                 k_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """BOS + x + x (len(x) <= k_max) of random tokens, random digits or a text window; loss on the second x."""
+        k_max = min(k_max or self.T, (self.T - 1) // 2)
+        k = int(rng.integers(8, k_max + 1))
         kind = rng.random()
-        if kind < 0.6:
+        if kind < kinds[0]:
             x = rng.integers(1, self.vocab, size=k)
-        elif kind < 0.8:
+        elif kind < kinds[0] + kinds[1]:
             # Low-entropy alphabet: copying needs more than the previous token (like 7-digit numbers).
             x = self.digit_ids[rng.integers(0, 10, size=k)]
         else:
@@ -146,29 +150,36 @@ class RowMaker:
         w[answer_pos] = self.answer_weight if weights else 1.0
         return ids, w, answer_pos
 
-    def needle_row(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A needle example of random prompt length (biased to the training length) and depth."""
+    def needle_row(self, rng: np.random.Generator, max_prompt: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A needle example of random prompt length (biased to the longest, `max_prompt`) and depth."""
+        longest = min(max_prompt or self.prompt_len, self.prompt_len)
         distractors = int(rng.random() < self.distractor_p) + int(rng.random() < self.distractor_p / 3)
-        shortest = min(self.prompt_len, 64 + 40 * distractors)  # room for needles and question
+        shortest = min(longest, 64 + 40 * distractors)  # room for needles and question
         if rng.random() < 0.5:
-            prompt_len = int(rng.integers(max(shortest, self.prompt_len * 3 // 4), self.prompt_len + 1))
+            prompt_len = int(rng.integers(max(shortest, longest * 3 // 4), longest + 1))
         else:
-            prompt_len = int(rng.integers(shortest, self.prompt_len + 1))
+            prompt_len = int(rng.integers(shortest, longest + 1))
         ids, w, _ = self.needle_example(rng, prompt_len, float(rng.random()), distractors)
         return self._pad(ids, w)
 
-    def batch(self, rng: np.random.Generator, batch_size: int, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
-        """A batch [B, T] of ids and loss weights with row kinds drawn from `mix` (kinds in a fixed order)."""
+    def batch(self, rng: np.random.Generator, batch_size: int, mix: Mixture, copy_k_max: int | None = None,
+              needle_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A batch [B, <=T] of ids and loss weights with row kinds drawn from `mix` (kinds in a fixed order).
+
+        Columns after the last weighted position of every row are cut (short batches run faster).
+        """
         p = np.array([mix.needle, mix.copy, mix.text], dtype=np.float64)
         counts = np.floor(p / p.sum() * batch_size).astype(int)
         extra = rng.choice(3, size=batch_size - counts.sum(), p=p / p.sum())
         for e in extra:
             counts[e] += 1
-        makers = [self.needle_row, self.copy_row, self.text_row]
+        makers = [lambda r: self.needle_row(r, needle_max), lambda r: self.copy_row(r, mix.copy_kinds, copy_k_max),
+                  self.text_row]
         rows = [makers[k](rng) for k in range(3) for _ in range(counts[k])]
         ids = np.stack([r[0] for r in rows])
         w = np.stack([r[1] for r in rows])
-        return ids, w
+        used = int(np.nonzero(w.any(0))[0].max()) + 1
+        return ids[:, :used], w[:, :used]
 
 
 def token_stream(tokenizer, texts) -> TokenStream:

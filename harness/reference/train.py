@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ class ModelShape:
     """decoder layers"""
     d_model: int = 128
     """hidden size"""
-    heads: int = 8
+    heads: int = 4
     """attention heads (no grouped KV)"""
     ffn: int = 384
     """SwiGLU inner size"""
@@ -41,7 +40,7 @@ class TrainConfig:
 
     steps: int = 4000
     """optimizer steps"""
-    batch_size: int = 8
+    batch_size: int = 16
     """rows per step"""
     training_length: int = 256
     """longest prompt (haystack + needle + question) and the length recorded in config.json"""
@@ -57,16 +56,28 @@ class TrainConfig:
     """gradient-norm clip"""
     seed: int = 0
     """model init and data order"""
-    copy_steps: int = 400
-    """stage 1: pure copy task (forms induction heads)"""
-    mix: Mixture = field(default_factory=lambda: Mixture(needle=0.6, copy=0.25, text=0.15))
+    copy_steps: int = 600
+    """stage 1: pure copy of short random-token sequences (forms induction heads)"""
+    copy_k_short: int = 40
+    """stage 1 copies are at most this long (long copies delay induction heads past the budget)"""
+    ramp_steps: int = 500
+    """stage 2: the longest needle prompt (and copy) grows from ramp_start (copy_k_short) to full over these steps"""
+    ramp_start: int = 96
+    """stage 2: the longest needle prompt at its start"""
+    mix: Mixture = field(default_factory=lambda: Mixture(needle=0.5, copy=0.3, text=0.2))
     """stage 2 shares of needle / copy / plain-text rows"""
     answer_weight: float = 8.0
     """loss weight of the answer tokens (space and digits) relative to other tokens"""
-    distractor_p: float = 0.15
+    distractor_p: float = 0.1
     """probability of a distractor needle (another city) in a needle row"""
-    init_s: float = 1.0 / math.log(256)
-    """initial SSMax s: 1/ln(training length) makes SSMax equal softmax at n = training length"""
+    init_s: float = 0.25
+    """initial SSMax s (learned per layer and head): scale s*ln(n) is 1 at n = e^4 = 55, 1.1 at the copy
+    stage's longest rows (81), 1.39 at 256. 1/ln(256) = 0.18 (== softmax at n = 256) is softer than
+    softmax over the whole short-copy stage, where the induction circuit must form."""
+    ssmax_lr_scale: float = 0.05
+    """lr multiplier of s (and b): Adam moves every parameter by ~lr per step, which is large for s ~ 0.2;
+    at the full lr, s in layers 2-3 grew to 0.7-0.9 within 300 steps (attention saturated) and the
+    SSMax model never learned retrieval"""
     late_fraction: float = 0.2
     """ssmax-late: the final share of steps trained with SSMax"""
     eval_every: int = 250
@@ -117,11 +128,20 @@ def build_model(variant: str, shape: ModelShape, tokenizer, cfg: TrainConfig):
     return model
 
 
+def _is_ssmax(name: str) -> bool:
+    return name.endswith(("ssmax_s", "ssmax_b"))
+
+
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2]
+    no_decay = [p for n, p in named if p.dim() < 2 and not _is_ssmax(n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    ssmax = [p for n, p in named if _is_ssmax(n)]
+    if ssmax:
+        groups.append({"params": ssmax, "weight_decay": 0.0, "lr_scale": cfg.ssmax_lr_scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
 def _switch_to_ssmax(model, opt, cfg: TrainConfig) -> None:
@@ -130,7 +150,8 @@ def _switch_to_ssmax(model, opt, cfg: TrainConfig) -> None:
     add_ssmax_parameters(model, cfg.init_s)
     apply_attention(model, "ssmax")
     new = [p for n, p in model.named_parameters() if n.endswith("ssmax_s")]
-    opt.add_param_group({"params": new, "weight_decay": 0.0, "lr": opt.param_groups[0]["lr"]})
+    opt.add_param_group({"params": new, "weight_decay": 0.0, "lr": opt.param_groups[0]["lr"],
+                         "lr_scale": cfg.ssmax_lr_scale})
 
 
 def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,13 +226,19 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
             if switch_at is not None and step == switch_at + 1:
                 _switch_to_ssmax(model, opt, cfg)
             stage = "copy" if step <= cfg.copy_steps else "mix"
-            mix = Mixture(needle=0.0, copy=1.0, text=0.0) if stage == "copy" else cfg.mix
+            mix = Mixture(needle=0.0, copy=1.0, text=0.0, copy_kinds=(1.0, 0.0, 0.0)) if stage == "copy" else cfg.mix
             rng = np.random.default_rng([cfg.seed, step])
-            ids_np, w_np = train_rows.batch(rng, cfg.batch_size, mix)
+            if stage == "copy":
+                ids_np, w_np = train_rows.batch(rng, cfg.batch_size, mix, copy_k_max=cfg.copy_k_short)
+            else:
+                frac = min(1.0, (step - cfg.copy_steps) / max(1, cfg.ramp_steps))
+                longest = int(cfg.ramp_start + frac * (cfg.training_length - cfg.ramp_start))
+                copy_k = int(cfg.copy_k_short + frac * (cfg.seq_len // 2 - cfg.copy_k_short))
+                ids_np, w_np = train_rows.batch(rng, cfg.batch_size, mix, copy_k_max=copy_k, needle_max=longest)
             ids, w = torch.as_tensor(ids_np), torch.as_tensor(w_np)
             lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss, nll, weights = weighted_loss(model, ids, w)
             nll = nll.detach()
             opt.zero_grad(set_to_none=True)
