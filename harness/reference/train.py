@@ -38,7 +38,7 @@ class ModelShape:
 class TrainConfig:
     """Everything that decides a training run; identical for the two models of the pair."""
 
-    steps: int = 4000
+    steps: int = 3150
     """optimizer steps"""
     batch_size: int = 16
     """rows per step"""
@@ -80,7 +80,7 @@ class TrainConfig:
     SSMax model never learned retrieval"""
     late_fraction: float = 0.2
     """ssmax-late: the final share of steps trained with SSMax"""
-    eval_every: int = 250
+    eval_every: int = 150
     """steps between held-out checks (needle at the training length, text NLL)"""
     eval_trials: int = 64
     """held-out needle trials per check"""
