@@ -13,7 +13,8 @@ and the softmax model switched post hoc to `ssmax(s=auto)`, all with RoPE theta 
 compares them with pandas and the harness's plot functions. It needs no model code: `harness.results`
 and `harness.plots` never import torch. If there are no demo results yet, it runs a small demo first
 (`run_demo(quick=True)`, a minute or two on a CPU)."""),
-    ("code", """import os
+    ("code", """%matplotlib inline
+import os
 from pathlib import Path
 
 import pandas as pd
