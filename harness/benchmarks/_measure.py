@@ -32,3 +32,18 @@ def current_rss_mib():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 """
+
+
+BENCH_MODEL_SNIPPET = r"""
+import json, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+torch.manual_seed(0)
+VOCAB = cfg.get("vocab", 2048)
+config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cfg["length"])
+model = LlamaForCausalLM(config).eval()  # the benchmarks' random model: d_model 256, 4 layers, 4 heads
+ids = torch.randint(0, VOCAB, (1, cfg["length"]), generator=torch.Generator().manual_seed(1))
+"""

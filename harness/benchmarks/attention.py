@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from harness.bench import register_bench
-from harness.benchmarks._measure import PEAK_RSS_SNIPPET, run_measurement
+from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, PEAK_RSS_SNIPPET, run_measurement
 
-_SCRIPT = PEAK_RSS_SNIPPET + r"""
+_SCRIPT = PEAK_RSS_SNIPPET + BENCH_MODEL_SNIPPET + r"""
 import json, sys, time
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from harness.attention import add_ssmax_parameters, apply_attention
 
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cfg["length"])
-model = LlamaForCausalLM(config).eval()
 add_ssmax_parameters(model, 0.3)
-ids = torch.randint(0, 2048, (1, cfg["length"]), generator=torch.Generator().manual_seed(1))
 implementation = "lch_eager" if cfg["method"] == "eager" else "lch"
 apply_attention(model, cfg["spec"], implementation=implementation)
 with torch.inference_mode():

@@ -8,7 +8,7 @@ Each measurement runs in a fresh Python subprocess and reports its own peak RSS
 from __future__ import annotations
 
 from harness.bench import register_bench
-from harness.benchmarks._measure import run_measurement
+from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, run_measurement
 
 VOCAB = 32_000
 COMPARE_LENGTH = 16_384
@@ -16,22 +16,14 @@ LADDER = (131_072, 65_536, 32_768)  # longest-length search, longest first (harn
 LADDER_PREFILL = 8_192  # prefill chunk used on the ladder
 MEMORY_GOAL, TIME_GOAL, LENGTH_GOAL = 0.35, 1.0, 131_072
 
-_MEASURE = r"""
+_MEASURE = BENCH_MODEL_SNIPPET + r"""
 import json, resource, sys, time
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 from harness.attention import apply_attention
 from harness.nll import per_position_nll
 
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=cfg["vocab"], hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cfg["length"])
-model = LlamaForCausalLM(config).eval()
 apply_attention(model, "softmax")
-ids = torch.randint(0, cfg["vocab"], (1, cfg["length"]), generator=torch.Generator().manual_seed(1))
 
 def naive(x):
     with torch.inference_mode():

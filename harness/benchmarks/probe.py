@@ -13,30 +13,22 @@ own peak RSS:
 from __future__ import annotations
 
 from harness.bench import register_bench
-from harness.benchmarks._measure import PEAK_RSS_SNIPPET, run_measurement
+from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, PEAK_RSS_SNIPPET, run_measurement
 
 VOCAB = 32_000
 LENGTH, QUICK_LENGTH = 32_768, 4_096
 EAGER_LENGTHS, QUICK_EAGER_LENGTHS = (2_048, 4_096, 8_192), (1_024, 2_048)
 PEAK_GOAL_GIB = 3.0
 
-_MEASURE = PEAK_RSS_SNIPPET + r"""
+_MEASURE = PEAK_RSS_SNIPPET + BENCH_MODEL_SNIPPET + r"""
 import json, sys, time
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from harness.attention import add_ssmax_parameters, apply_attention
 from harness.probe import capture
 
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=cfg["vocab"], hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cfg["length"])
-model = LlamaForCausalLM(config).eval()
 add_ssmax_parameters(model, 0.3)
 method, length = cfg["method"], cfg["length"]
 apply_attention(model, "ssmax", implementation="lch_eager" if method == "output_attentions" else "lch")
-ids = torch.randint(0, cfg["vocab"], (1, length), generator=torch.Generator().manual_seed(1))
 
 def fading_rows(n):
     rows, k = [], 1
