@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from evals import register_task
-from evals.needle import NeedleParams, NeedleTask, answer_settled, greedy_answer, score
+from evals.needle import NeedleParams, NeedleTask, answer_settled, greedy_answer, prompt_record, score
 
 
 def fading_points(length: int) -> list[int]:
@@ -112,8 +112,7 @@ class AttentionProbeTask(NeedleTask):
         out = {"needle_score": needle_rows, "attention_fading": fading_rows,
                "telemetry": {"tokens": length + len(p.answer_ids), "probe_seconds": time.perf_counter() - t0}}
         if params.save_prompts:
-            out["prompts"] = [{**where, "city": p.city, "number": p.number, "input_ids": list(p.input_ids),
-                               "needle_span": list(p.needle_span), "answer_ids": list(p.answer_ids)}]
+            out["prompts"] = [prompt_record(p, int(cell["trial"]))]
         return out
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:

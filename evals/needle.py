@@ -170,6 +170,13 @@ def effective_length(accuracy_by_length: dict[int, float], threshold: float) -> 
     return best
 
 
+def prompt_record(p: NeedlePrompt, trial: int) -> dict:
+    """One prompts.jsonl row (contract fields without the model columns the runner adds)."""
+    return {"context_length": p.context_length, "depth": p.depth, "trial": trial, "city": p.city,
+            "number": p.number, "input_ids": list(p.input_ids), "needle_span": list(p.needle_span),
+            "answer_ids": list(p.answer_ids)}
+
+
 def _group_columns(df) -> list[str]:
     return [c for c in GROUP if c in df.columns]
 
@@ -256,9 +263,7 @@ class NeedleTask(Task):
         }
         out = {"needle": [row]}
         if params.save_prompts:
-            out["prompts"] = [{"context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
-                               "city": p.city, "number": p.number, "input_ids": list(p.input_ids),
-                               "needle_span": list(p.needle_span), "answer_ids": list(p.answer_ids)}]
+            out["prompts"] = [prompt_record(p, int(cell["trial"]))]
         return out
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:

@@ -31,6 +31,8 @@ def variants(df: pd.DataFrame) -> list[tuple]:
 
 def headline_table(tables: dict[str, pd.DataFrame], train_lengths: dict[str, int]) -> pd.DataFrame:
     """Per model variant: effective needle length, accuracy at each length, mean NLL inside/beyond training."""
+    from evals.needle import effective_length  # the needle task's definition (no torch)
+
     rows: dict[tuple, dict] = {}
     needle = tables.get("needle")
     if needle is not None and not needle.empty:
@@ -38,7 +40,7 @@ def headline_table(tables: dict[str, pd.DataFrame], train_lengths: dict[str, int
             row = rows.setdefault(key, {})
             by_length = part.groupby("context_length")["correct"].mean().sort_index()
             row.update({f"needle acc @{length}": round(float(acc), 3) for length, acc in by_length.items()})
-            row["effective length"] = effective_length(by_length)
+            row["effective length"] = effective_length(by_length.to_dict(), threshold=0.8)
     loss = tables.get("position_loss")
     if loss is not None and not loss.empty:
         for key, part in loss.groupby(list(PANEL_KEYS), dropna=False, sort=False):
@@ -46,22 +48,12 @@ def headline_table(tables: dict[str, pd.DataFrame], train_lengths: dict[str, int
             train = train_lengths.get(key[0])
             if train:
                 inside, beyond = part[part["position"] < train], part[part["position"] >= train]
-                row[f"NLL inside training length"] = _mean(inside["mean_nll"])
-                row[f"NLL beyond training length"] = _mean(beyond["mean_nll"])
+                row["NLL inside training length"] = _mean(inside["mean_nll"])
+                row["NLL beyond training length"] = _mean(beyond["mean_nll"])
             row["NLL all positions"] = _mean(part["mean_nll"])
     out = pd.DataFrame([{**dict(zip(PANEL_KEYS, key)), "training length": train_lengths.get(key[0]), **row}
                         for key, row in rows.items()])
     return out
-
-
-def effective_length(accuracy_by_length: pd.Series, threshold: float = 0.8) -> int:
-    """Longest length whose accuracy, and that of every shorter length, is >= threshold (0 if none)."""
-    best = 0
-    for length, accuracy in accuracy_by_length.sort_index().items():
-        if accuracy < threshold:
-            break
-        best = int(length)
-    return best
 
 
 def _mean(series: pd.Series) -> float | None:

@@ -1,7 +1,6 @@
 """The runner: resume after SIGKILL, nothing recomputed, seeds from cells, Ctrl-C, failures, results.load."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
