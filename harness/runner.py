@@ -24,6 +24,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,7 @@ def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
 
 def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict) -> Path:
     run_dir, cells = plan.run_dir, plan.cells
+    fresh = not run_dir.exists()
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(run_dir / "cells")
     previous = _check_existing(run_dir, plan.task.name)
@@ -224,6 +226,11 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict
         with _deferred_sigint() as stop:
             _run_pending(plan, mine, stop, progress=progress and rank == 0, **load_kw)
     except BaseException as e:
+        if isinstance(e, UserError) and fresh and world == 1 and not any((run_dir / "cells").iterdir()):
+            # bad input found once the model was loaded (e.g. a tokenizer-dependent minimum length):
+            # this call made the folder and nothing finished, so leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         _assemble(plan, manifest, status, draw=False)
         raise

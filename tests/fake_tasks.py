@@ -27,6 +27,8 @@ class FakeParams:
     """Send SIGINT to this process while computing cells of this length (0: never)."""
     fail_length: int = 0
     """Raise while computing cells of this length (0: never)."""
+    prepare_error: bool = False
+    """Raise a UserError in prepare: bad input only found once the model is loaded."""
 
 
 class FakeTask(Task):
@@ -34,7 +36,7 @@ class FakeTask(Task):
 
     Params = FakeParams
     tables = ("fake",)
-    grid_params = ("lengths", "trials", "sleep", "log", "interrupt_length", "fail_length")
+    grid_params = ("lengths", "trials", "sleep", "log", "interrupt_length", "fail_length", "prepare_error")
 
     def validate(self, params):
         if any(n < 2 for n in params.lengths):
@@ -47,6 +49,8 @@ class FakeTask(Task):
         return float(cell["length"])
 
     def prepare(self, params, loaded):
+        if params.prepare_error:
+            raise UserError("fake: bad input found after loading")
         return {"vocab": loaded.model.config.vocab_size}
 
     def run_cell(self, params, loaded, cell, state, seed):

@@ -144,6 +144,19 @@ def test_failing_cell_keeps_finished_cells(model, tmp_path):
     assert len(_data(tmp_path / "f")) == 2 and results.read_manifest(tmp_path / "f")["status"] == "failed"
 
 
+def test_bad_input_found_after_loading_leaves_nothing_behind(model, tmp_path):
+    with pytest.raises(UserError, match="after loading"):
+        run_task("fake", [model], {"prepare_error": True}, out_root=tmp_path, name="bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+    # an existing run keeps its finished cells and says it failed
+    run_task("fake", [model], {"lengths": "8"}, out_root=tmp_path, name="kept", progress=False)
+    with pytest.raises(UserError):
+        run_task("fake", [model], {"lengths": "8,16", "prepare_error": True}, out_root=tmp_path, name="kept",
+                 progress=False)
+    assert len(_data(tmp_path / "kept")) == 2  # length 8 x 2 trials
+    assert results.read_manifest(tmp_path / "kept")["status"] == "failed"
+
+
 def test_corpus_fingerprint_is_part_of_the_key(model, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
