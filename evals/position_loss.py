@@ -30,8 +30,8 @@ class PositionLossParams:
     """number of documents (each one full-context forward)"""
     seed: int = 0
     """seed of the document order (the same documents for every model with the same tokenizer)"""
-    chunk: int = 1024
-    """positions per LM-head + cross-entropy chunk (memory, not results)"""
+    chunk: int = 256
+    """positions per LM-head + cross-entropy chunk (memory and speed, not results; = harness.nll.HEAD_CHUNK)"""
     prefill_chunk: int = 0
     """tokens per prefill chunk through the KV cache when activations are the limit; 0 = one pass"""
 

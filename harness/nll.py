@@ -13,9 +13,14 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 
+HEAD_CHUNK = 256
+"""Positions per LM-head + cross-entropy chunk. Small on purpose: a [256 x 32k] fp32 block (32 MiB) keeps
+cross-entropy's passes near the cache, and was faster on CPU than 1024 or 4096 rows or one full-logits pass
+(lch bench position_loss); the matmul still has enough rows to run at full speed."""
+
 
 def per_position_nll(
-    model, input_ids, *, chunk: int = 1024, prefill_chunk: int | None = None
+    model, input_ids, *, chunk: int = HEAD_CHUNK, prefill_chunk: int | None = None
 ) -> torch.Tensor:
     """NLL (fp32, on CPU) of every next token of one sequence: [L-1], entry i is -log p(x[i+1] | x[:i+1])."""
     ids = torch.as_tensor(input_ids)

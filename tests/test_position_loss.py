@@ -71,6 +71,13 @@ def test_chunking_does_not_change_the_result(ssmax_model, chunk, prefill_chunk):
     torch.testing.assert_close(got, one_pass, atol=1e-5, rtol=0)
 
 
+def test_task_default_chunk_is_the_harness_default():
+    from evals.position_loss import PositionLossParams
+    from harness.nll import HEAD_CHUNK
+
+    assert PositionLossParams().chunk == HEAD_CHUNK
+
+
 def test_final_logit_softcapping_is_honoured():
     from tests.tiny import build_model
 

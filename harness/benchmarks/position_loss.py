@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from harness.bench import register_bench
 from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, run_measurement
+from harness.nll import HEAD_CHUNK
 
 VOCAB = 32_000
 COMPARE_LENGTH = 16_384
@@ -45,7 +46,7 @@ print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "base_rss_mib
 """
 
 
-def measure(method: str, length: int, *, chunk: int = 1024, prefill_chunk: int = 0, threads: int = 2,
+def measure(method: str, length: int, *, chunk: int = HEAD_CHUNK, prefill_chunk: int = 0, threads: int = 2,
             vocab: int = VOCAB) -> dict:
     """Run one measurement in a fresh subprocess; returns a row (status "ok" or the failure)."""
     return run_measurement(_MEASURE, dict(method=method, length=length, chunk=chunk, prefill_chunk=prefill_chunk,
@@ -63,7 +64,7 @@ def _best(rows: list[dict]) -> dict:
 def bench_position_loss(quick: bool) -> dict:
     """Peak RSS and time of the harness vs naive `model(ids).logits -> cross_entropy`, and the longest length reached."""
     length = 2_048 if quick else COMPARE_LENGTH
-    repeats = 1 if quick else 2
+    repeats = 1 if quick else 3
     naive, harness = [], []
     for _ in range(repeats):  # interleaved, so background load hits both alike
         naive.append(measure("naive", length))
