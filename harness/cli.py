@@ -336,12 +336,17 @@ def reference_build(
     out: Annotated[Optional[Path], typer.Option(help="models go to OUT/<variant> (default: the package's models/)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="training steps (default: the recipe's)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a tiny model, a few steps: a smoke test")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (e.g. 1 per model when training two at once)")] = None,
+    keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="also save OUT/<variant>/checkpoints/step_N at every held-out check")] = False,
     debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Retrain the reference softmax/SSMax pair."""
     from harness.reference import build_reference
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
     for v in variant or ["softmax", "ssmax"]:
-        path = build_reference(v, out / v if out else None, steps=steps, quick=quick)
+        path = build_reference(v, out / v if out else None, steps=steps, quick=quick, threads=threads,
+                               keep_checkpoints=keep_checkpoints)
         typer.echo(f"{v}: {path}")
 
 

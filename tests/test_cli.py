@@ -172,3 +172,14 @@ def test_bench_prints_table_and_writes_json(toy_bench, work):
     assert doc["rows"] == [{"n": 4, "ms": 1.5}] and doc["quick"] is True and doc["ratios"]["a/b"] == 1.25
     listed = invoke("bench", "--list")
     assert listed.exit_code == 0 and "toy" in listed.stdout
+
+
+def test_reference_build_quick_keeps_checkpoints(work):
+    res = invoke("reference", "build", "--quick", "--steps", "3", "--variant", "ssmax", "--out", "ref", "--threads", "1",
+                 "--keep-checkpoints")
+    assert res.exit_code == 0, res.output
+    model_dir = work / "ref" / "ssmax"
+    assert (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "checkpoints" / "step_00003" / "train_log.csv").is_file()
+    bad = invoke("reference", "build", "--quick", "--threads", "0", "--out", "ref")
+    assert bad.exit_code == 2 and "--threads" in bad.output
