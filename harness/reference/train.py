@@ -38,7 +38,7 @@ class ModelShape:
 class TrainConfig:
     """Everything that decides a training run; identical for the two models of the pair."""
 
-    steps: int = 3150
+    steps: int = 6000
     """optimizer steps"""
     batch_size: int = 16
     """rows per step"""
