@@ -15,8 +15,8 @@ from harness.errors import UserError
 
 HEAD_CHUNK = 256
 """Positions per LM-head + cross-entropy chunk. Small on purpose: a [256 x 32k] fp32 block (32 MiB) keeps
-cross-entropy's passes near the cache, and was faster on CPU than 1024 or 4096 rows or one full-logits pass
-(lch bench position_loss); the matmul still has enough rows to run at full speed."""
+cross-entropy's passes near the cache (head + CE over 16k positions on 2 CPU threads: 3.5 s at 256 rows,
+4.3 s at 1024 rows or in one full-logits pass), and the matmul still has enough rows to run at full speed."""
 
 
 def per_position_nll(

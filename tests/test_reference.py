@@ -157,4 +157,4 @@ def test_committed_pair_retrieves_and_beats_uniform_at_the_training_length(tmp_p
     assert (accuracy >= 0.75).all(), accuracy.to_dict()
     loss = run_task("position_loss", models, {"length": 256, "docs": 4}, out_root=tmp_path, progress=False)
     nll = pd.read_parquet(loss / "tables" / "position_loss.parquet").groupby("model")["mean_nll"].mean()
-    assert (nll < 0.5 * math.log(2048)).all(), nll.to_dict()  # uniform over the vocabulary: 7.62
+    assert (nll < 0.5 * math.log(2048)).all(), nll.to_dict()  # under half of uniform (7.62); measured 2.8-2.9
