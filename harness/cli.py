@@ -342,8 +342,6 @@ def reference_build(
 ):
     """Retrain the reference softmax/SSMax pair."""
     from harness.reference import build_reference
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
     for v in variant or ["softmax", "ssmax"]:
         path = build_reference(v, out / v if out else None, steps=steps, quick=quick, threads=threads,
                                keep_checkpoints=keep_checkpoints)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from harness.bench import register_bench
 from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, run_measurement
-from harness.nll import HEAD_CHUNK
 
 VOCAB = 32_000
 COMPARE_LENGTH = 16_384
@@ -46,9 +45,13 @@ print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "base_rss_mib
 """
 
 
-def measure(method: str, length: int, *, chunk: int = HEAD_CHUNK, prefill_chunk: int = 0, threads: int = 2,
+def measure(method: str, length: int, *, chunk: int | None = None, prefill_chunk: int = 0, threads: int = 2,
             vocab: int = VOCAB) -> dict:
-    """Run one measurement in a fresh subprocess; returns a row (status "ok" or the failure)."""
+    """Run one measurement in a fresh subprocess (chunk: harness.nll.HEAD_CHUNK unless given); returns a row."""
+    if chunk is None:
+        from harness.nll import HEAD_CHUNK  # here, not at import: listing benchmarks needs no torch
+
+        chunk = HEAD_CHUNK
     return run_measurement(_MEASURE, dict(method=method, length=length, chunk=chunk, prefill_chunk=prefill_chunk,
                                           threads=threads, vocab=vocab))
 

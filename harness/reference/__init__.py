@@ -19,68 +19,77 @@ def build_reference(variant: str, out_dir: Path | None = None, *, steps: int | N
         raise UserError(f"unknown reference variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
     out_dir = Path(out_dir) if out_dir is not None else REFERENCE_DIR / variant
     import torch
-
-    from harness.corpus import load_corpus
-    from harness.reference import train as tr
-    from harness.reference.data import RowMaker, token_stream
-    from harness.reference.tokenizer import VOCAB_SIZE, save_tokenizer, train_tokenizer
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        train_corpus = load_corpus("builtin:stdlib", "train")
-        heldout_corpus = load_corpus("builtin:stdlib", "heldout")
-        train_docs = [d.text for d in train_corpus.documents]
-        heldout_docs = [d.text for d in heldout_corpus.documents]
-        if quick:
-            # Smoke-test size: a small slice of the corpus, a tiny model, a few steps.
-            train_docs, heldout_docs = train_docs[:40], heldout_docs[:10]
-            shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128)
-            cfg = tr.TrainConfig(steps=steps or 30, batch_size=4, training_length=128, copy_steps=10, warmup=5,
-                                 eval_every=max(steps or 30, 1), eval_trials=8)
-            vocab = 512
-        else:
-            shape = tr.ModelShape()
-            cfg = tr.TrainConfig() if steps is None else tr.TrainConfig(steps=steps)
-            vocab = VOCAB_SIZE
-        if overrides:
-            from dataclasses import replace
-
-            cfg = replace(cfg, **overrides)
-        if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").exists():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        else:
-            tokenizer = train_tokenizer(train_docs, vocab_size=vocab)
-            if tokenizer_dir is not None:
-                save_tokenizer(tokenizer, Path(tokenizer_dir))
-        train_rows = RowMaker(tokenizer, token_stream(tokenizer, train_docs), cfg.seq_len, cfg.training_length,
-                              cfg.answer_weight, cfg.distractor_p)
-        heldout_rows = RowMaker(tokenizer, token_stream(tokenizer, heldout_docs), cfg.seq_len, cfg.training_length,
-                                cfg.answer_weight, cfg.distractor_p)
-        model = tr.build_model(variant, shape, tokenizer, cfg)
-        log_path = out_dir / "train_log.csv"
-
-        def keep(step, model):
-            # Constant lr after warm-up: any checked step is a complete model; keep it with its log so far.
-            import shutil
-            from dataclasses import replace
-
-            ckpt = out_dir / "checkpoints" / f"step_{step:05d}"
-            tr.save_checkpoint(model, tokenizer, ckpt, tr.recipe(variant, shape, replace(cfg, steps=step),
-                                                                 train_corpus.fingerprint))
-            shutil.copyfile(log_path, ckpt / "train_log.csv")
-
-        tr.train(model, variant, train_rows, heldout_rows, cfg, log_path, progress=progress, echo=echo,
-                 on_eval=keep if keep_checkpoints else None)
-        tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint))
-        return out_dir
+        return _build(variant, out_dir, steps=steps, quick=quick, progress=progress, tokenizer_dir=tokenizer_dir,
+                      overrides=overrides, keep_checkpoints=keep_checkpoints, echo=echo)
     finally:
         torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
+
+
+def _build(variant: str, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
+           echo) -> Path:
+    """build_reference's work, with arguments already checked."""
+    from harness.corpus import load_corpus
+    from harness.reference import train as tr
+    from harness.reference.data import RowMaker, token_stream
+    from harness.reference.tokenizer import VOCAB_SIZE, save_tokenizer, train_tokenizer
+
+    train_corpus = load_corpus("builtin:stdlib", "train")
+    heldout_corpus = load_corpus("builtin:stdlib", "heldout")
+    train_docs = [d.text for d in train_corpus.documents]
+    heldout_docs = [d.text for d in heldout_corpus.documents]
+    if quick:
+        # Smoke-test size: a small slice of the corpus, a tiny model, a few steps.
+        train_docs, heldout_docs = train_docs[:40], heldout_docs[:10]
+        shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128)
+        cfg = tr.TrainConfig(steps=steps or 30, batch_size=4, training_length=128, copy_steps=10, warmup=5,
+                             eval_every=max(steps or 30, 1), eval_trials=8)
+        vocab = 512
+    else:
+        shape = tr.ModelShape()
+        cfg = tr.TrainConfig() if steps is None else tr.TrainConfig(steps=steps)
+        vocab = VOCAB_SIZE
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:
+        tokenizer = train_tokenizer(train_docs, vocab_size=vocab)
+        if tokenizer_dir is not None:
+            save_tokenizer(tokenizer, Path(tokenizer_dir))
+    train_rows = RowMaker(tokenizer, token_stream(tokenizer, train_docs), cfg.seq_len, cfg.training_length,
+                          cfg.answer_weight, cfg.distractor_p)
+    heldout_rows = RowMaker(tokenizer, token_stream(tokenizer, heldout_docs), cfg.seq_len, cfg.training_length,
+                            cfg.answer_weight, cfg.distractor_p)
+    model = tr.build_model(variant, shape, tokenizer, cfg)
+    log_path = out_dir / "train_log.csv"
+
+    def keep(step, model):
+        # Constant lr after warm-up: any checked step is a complete model; keep it with its log so far.
+        import shutil
+        from dataclasses import replace
+
+        ckpt = out_dir / "checkpoints" / f"step_{step:05d}"
+        tr.save_checkpoint(model, tokenizer, ckpt, tr.recipe(variant, shape, replace(cfg, steps=step),
+                                                             train_corpus.fingerprint))
+        shutil.copyfile(log_path, ckpt / "train_log.csv")
+
+    tr.train(model, variant, train_rows, heldout_rows, cfg, log_path, progress=progress, echo=echo,
+             on_eval=keep if keep_checkpoints else None)
+    tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint))
+    return out_dir
 
 
 __all__ = ["REFERENCE_DIR", "VARIANTS", "build_reference"]

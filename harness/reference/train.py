@@ -12,10 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.reference import VARIANTS
 from harness.reference.data import Mixture, RowMaker, TokenStream
-
-VARIANTS = ("softmax", "ssmax", "ssmax-fixed", "ssmax-bias", "ssmax-late")
-"""(a) softmax, (b) learnable s, (c) s fixed at 1, (d) learnable s and bias, (f) switched to SSMax for the last 20%."""
 
 
 @dataclass(frozen=True)
@@ -284,5 +282,5 @@ def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint
             "corpus": "builtin:stdlib", "split": "train", "corpus_fingerprint": corpus_fingerprint}
 
 
-__all__ = ["VARIANTS", "ModelShape", "TrainConfig", "build_model", "train", "evaluate", "save_checkpoint",
+__all__ = ["ModelShape", "TrainConfig", "build_model", "train", "evaluate", "save_checkpoint",
            "recipe", "weighted_loss", "model_config", "TokenStream", "replace"]
