@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import UserError
@@ -11,30 +12,34 @@ VARIANTS = ("softmax", "ssmax", "ssmax-fixed", "ssmax-bias", "ssmax-late")
 """(a) softmax, (b) learnable s per head, (c) s fixed at 1, (d) learnable s and bias, (f) SSMax for the last 20%."""
 
 
-def build_reference(variant: str, out_dir: Path | None = None, *, steps: int | None = None, quick: bool = False,
+def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = "base", steps: int | None = None,
+                    quick: bool = False,
                     progress: bool = True, tokenizer_dir: Path | None = None, threads: int | None = None,
                     overrides: dict | None = None, keep_checkpoints: bool = False, echo=print) -> Path:
-    """Train one reference model (tokenizer, curriculum, checkpoint + train_log.csv) and return its directory."""
+    """Train one reference model of a recipe (tokenizer, curriculum, checkpoint + train_log.csv); return its directory."""
+    from harness.reference.recipes import get_recipe
+
+    chosen = get_recipe(recipe)
     if variant not in VARIANTS:
         raise UserError(f"unknown reference variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
-    out_dir = Path(out_dir) if out_dir is not None else REFERENCE_DIR / variant
+    out_dir = Path(out_dir) if out_dir is not None else REFERENCE_DIR / chosen.model_name(variant)
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _build(variant, out_dir, steps=steps, quick=quick, progress=progress, tokenizer_dir=tokenizer_dir,
+        return _build(variant, chosen, out_dir, steps=steps, quick=quick, progress=progress, tokenizer_dir=tokenizer_dir,
                       overrides=overrides, keep_checkpoints=keep_checkpoints, echo=echo)
     finally:
         torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
 
 
-def _build(variant: str, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
+def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
            echo) -> Path:
     """build_reference's work, with arguments already checked."""
     from harness.corpus import load_corpus
@@ -49,17 +54,15 @@ def _build(variant: str, out_dir: Path, *, steps, quick, progress, tokenizer_dir
     if quick:
         # Smoke-test size: a small slice of the corpus, a tiny model, a few steps.
         train_docs, heldout_docs = train_docs[:40], heldout_docs[:10]
-        shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128)
+        shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128, positions=chosen.shape.positions)
         cfg = tr.TrainConfig(steps=steps or 30, batch_size=4, training_length=128, copy_steps=10, warmup=5,
                              eval_every=max(steps or 30, 1), eval_trials=8)
         vocab = 512
     else:
-        shape = tr.ModelShape()
-        cfg = tr.TrainConfig() if steps is None else tr.TrainConfig(steps=steps)
+        shape = chosen.shape
+        cfg = chosen.train if steps is None else replace(chosen.train, steps=steps)
         vocab = VOCAB_SIZE
     if overrides:
-        from dataclasses import replace
-
         cfg = replace(cfg, **overrides)
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").exists():
         from transformers import AutoTokenizer
@@ -79,16 +82,15 @@ def _build(variant: str, out_dir: Path, *, steps, quick, progress, tokenizer_dir
     def keep(step, model):
         # Constant lr after warm-up: any checked step is a complete model; keep it with its log so far.
         import shutil
-        from dataclasses import replace
 
         ckpt = out_dir / "checkpoints" / f"step_{step:05d}"
         tr.save_checkpoint(model, tokenizer, ckpt, tr.recipe(variant, shape, replace(cfg, steps=step),
-                                                             train_corpus.fingerprint))
+                                                             train_corpus.fingerprint, chosen.name))
         shutil.copyfile(log_path, ckpt / "train_log.csv")
 
     tr.train(model, variant, train_rows, heldout_rows, cfg, log_path, progress=progress, echo=echo,
              on_eval=keep if keep_checkpoints else None)
-    tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint))
+    tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name))
     return out_dir
 
 

@@ -5,12 +5,14 @@ import json
 from pathlib import Path
 
 from harness.reference import VARIANTS, build_reference
+from harness.reference.recipes import RECIPES
 
 
 def main() -> None:
     """Parse arguments and run build_reference."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variant", choices=VARIANTS, required=True)
+    ap.add_argument("--recipe", choices=list(RECIPES), default="base")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
@@ -19,7 +21,7 @@ def main() -> None:
     ap.add_argument("--keep-checkpoints", action="store_true", help="save OUT/checkpoints/step_N at each check")
     ap.add_argument("--set", default="{}", help="JSON dict of TrainConfig overrides")
     args = ap.parse_args()
-    out = build_reference(args.variant, args.out, steps=args.steps, quick=args.quick, progress=False,
+    out = build_reference(args.variant, args.out, recipe=args.recipe, steps=args.steps, quick=args.quick, progress=False,
                           tokenizer_dir=args.tokenizer_dir, threads=args.threads,
                           overrides=json.loads(args.set), keep_checkpoints=args.keep_checkpoints, echo=lambda m: print(m, flush=True))
     print(f"saved {out}", flush=True)

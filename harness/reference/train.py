@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,104 +14,40 @@ import torch.nn.functional as F
 
 from harness.reference import VARIANTS
 from harness.reference.data import Mixture, RowMaker, TokenStream
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """Llama-style decoder size."""
-
-    layers: int = 4
-    """decoder layers"""
-    d_model: int = 128
-    """hidden size"""
-    heads: int = 4
-    """attention heads (no grouped KV)"""
-    ffn: int = 384
-    """SwiGLU inner size"""
-    rope_theta: float = 10_000.0
-    """RoPE base during training"""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run; identical for the two models of the pair."""
-
-    steps: int = 6000
-    """optimizer steps"""
-    batch_size: int = 16
-    """rows per step"""
-    training_length: int = 256
-    """longest prompt (haystack + needle + question) and the length recorded in config.json"""
-    answer_room: int = 10
-    """extra positions after a prompt for the answer (space, 7 digits, '.', EOS): rows are training_length + this"""
-    lr: float = 2e-3
-    """peak learning rate (constant after warm-up, as in the paper)"""
-    warmup: int = 100
-    """linear warm-up steps"""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices (not on norms or s)"""
-    clip: float = 1.0
-    """gradient-norm clip"""
-    seed: int = 0
-    """model init and data order"""
-    copy_steps: int = 600
-    """stage 1: pure copy of short random-token sequences (forms induction heads)"""
-    copy_k_short: int = 40
-    """stage 1 copies are at most this long (long copies delay induction heads past the budget)"""
-    ramp_steps: int = 500
-    """stage 2: the longest needle prompt (and copy) grows from ramp_start (copy_k_short) to full over these steps"""
-    ramp_start: int = 96
-    """stage 2: the longest needle prompt at its start"""
-    mix: Mixture = field(default_factory=lambda: Mixture(needle=0.5, copy=0.3, text=0.2))
-    """stage 2 shares of needle / copy / plain-text rows"""
-    answer_weight: float = 8.0
-    """loss weight of the answer tokens (space and digits) relative to other tokens"""
-    distractor_p: float = 0.1
-    """probability of a distractor needle (another city) in a needle row"""
-    init_s: float = 0.25
-    """initial SSMax s (learned per layer and head): scale s*ln(n) is 1 at n = e^4 = 55, 1.1 at the copy
-    stage's longest rows (81), 1.39 at 256. 1/ln(256) = 0.18 (== softmax at n = 256) is softer than
-    softmax over the whole short-copy stage, where the induction circuit must form."""
-    ssmax_lr_scale: float = 0.05
-    """lr multiplier of s (and b): Adam moves every parameter by ~lr per step, which is large for s ~ 0.2;
-    at the full lr, s in layers 2-3 grew to 0.7-0.9 within 300 steps (attention saturated) and the
-    SSMax model never learned retrieval"""
-    late_fraction: float = 0.2
-    """ssmax-late: the final share of steps trained with SSMax"""
-    eval_every: int = 150
-    """steps between held-out checks (needle at the training length, text NLL)"""
-    eval_trials: int = 64
-    """held-out needle trials per check"""
-
-    @property
-    def seq_len(self) -> int:
-        """Row length in tokens."""
-        return self.training_length + self.answer_room
+from harness.reference.shapes import ModelShape, TrainConfig
 
 
 def model_config(shape: ModelShape, tokenizer, training_length: int):
-    """A LlamaConfig for the shape, with the reference pair's conventions (training_length, tied embeddings)."""
-    from transformers import LlamaConfig
+    """A transformers config for the shape, with the reference pair's conventions (training_length, tied embeddings).
 
-    config = LlamaConfig(
+    positions="rope" is a LlamaConfig; positions="nope" a SmolLM3Config whose every layer is NoPE
+    (SmolLM3 is Llama with a per-layer switch for RoPE), so loading needs no custom code.
+    """
+    from transformers import LlamaConfig, SmolLM3Config
+
+    common = dict(
         vocab_size=len(tokenizer), hidden_size=shape.d_model, intermediate_size=shape.ffn,
         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
         max_position_embeddings=65_536, rms_norm_eps=1e-5, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         rope_parameters={"rope_type": "default", "rope_theta": float(shape.rope_theta)},
     )
+    if shape.positions == "nope":
+        config = SmolLM3Config(**common, no_rope_layers=[0] * shape.layers, use_sliding_window=False)
+    else:
+        config = LlamaConfig(**common)
     config.training_length = int(training_length)
     return config
 
 
 def build_model(variant: str, shape: ModelShape, tokenizer, cfg: TrainConfig):
     """A freshly initialised model (seeded) with the variant's attention applied."""
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from harness.attention import add_ssmax_parameters, apply_attention
 
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(model_config(shape, tokenizer, cfg.training_length))
+    model = AutoModelForCausalLM.from_config(model_config(shape, tokenizer, cfg.training_length))
     if variant in ("ssmax", "ssmax-bias"):
         add_ssmax_parameters(model, cfg.init_s, bias=variant == "ssmax-bias")
         apply_attention(model, "ssmax")
@@ -276,9 +212,9 @@ def save_checkpoint(model, tokenizer, out_dir: Path, recipe: dict) -> None:
     (out_dir / "train_recipe.json").write_text(json.dumps(recipe, indent=2, default=str) + "\n")
 
 
-def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint: str) -> dict:
+def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint: str, name: str = "base") -> dict:
     """The JSON record of how a checkpoint was trained."""
-    return {"variant": variant, "shape": asdict(shape), "train": {**asdict(cfg), "seq_len": cfg.seq_len},
+    return {"recipe": name, "variant": variant, "shape": asdict(shape), "train": {**asdict(cfg), "seq_len": cfg.seq_len},
             "corpus": "builtin:stdlib", "split": "train", "corpus_fingerprint": corpus_fingerprint}
 
 
