@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from evals import register_task
-from evals.needle import NeedleParams, NeedleTask, answer_settled, greedy_answer, prompt_record, score
+from evals.needle import NeedleParams, NeedleTask, prompt_record, score
+from harness.decode import digits_settled, greedy_answer
+from harness.task import register_task
 
 
 def fading_points(length: int) -> list[int]:
@@ -89,11 +90,11 @@ class AttentionProbeTask(NeedleTask):
         """Greedy answer (-> correct) and one probed teacher-forced forward (-> needle scores, fading)."""
         t0 = time.perf_counter()
         model, tok = loaded.model, loaded.tokenizer
-        source = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, source, cell["context_length"], cell["depth"], cell["trial"])
+        state = state if state is not None else self.prepare(params, loaded)
+        p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
         length = len(p.input_ids)
         generated = greedy_answer(model, p.input_ids, len(p.answer_ids) + params.max_new_tokens,
-                                  eos_token_id=tok.eos_token_id, stop=answer_settled(tok))
+                                  eos_token_id=tok.eos_token_id, stop=digits_settled(tok))
         scored = score(p, tok.decode(generated))
 
         stats = probe_prompt(model, p.input_ids, p.answer_ids, p.needle_span, p.answer_digit_span)
@@ -117,7 +118,7 @@ class AttentionProbeTask(NeedleTask):
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:
         """head_ranking: mean needle score per (model, attention, theta, layer, head), best first."""
-        from harness.plots import head_ranking
+        from harness.tables import head_ranking
 
         df = tables.get("needle_score")
         if df is None or df.empty:

@@ -1,24 +1,24 @@
 """Task `needle`: token-exact needle-in-a-haystack over context length x depth (the paper's Figure 6).
 
-Prompts come from `harness.haystack` (pure functions); this module scores them on a model: greedy
-decoding with the KV cache (-> correct, first_digit_correct) and the teacher-forced NLL of the gold
-answer, both from one prefill.
+Prompts come from `harness.prompts` (pure functions); this module scores them on a model with
+`harness.decode`: greedy decoding with the KV cache (-> correct, first_digit_correct) and the
+teacher-forced NLL of the gold answer, both from one prefill.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from evals import Task, register_task
+from harness.atomic import write_text
+from harness.decode import digits_settled, parse_digits, score_prompt
 from harness.errors import UserError
-from harness.haystack import CITIES, DEFAULT_DIGITS, NeedlePrompt, build_needle_prompt, check_depth, haystack_source
-
-GROUP = ["model", "attention", "rope_theta"]  # columns the runner adds; one heatmap panel per group
+from harness.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
+from harness.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
+from harness.tables import effective_length, model_columns
+from harness.task import Task, register_task
 
 
 @dataclass(frozen=True)
@@ -45,109 +45,11 @@ class NeedleParams:
     """Tokens greedy decoding may generate beyond the gold answer's length."""
     threshold: float = 0.8
     """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
+    template: str = "plain"
+    """plain: completion with an answer prefix (base models); chat: the tokenizer's chat template, answer prefix in the assistant turn."""
 
 
 # ------------------------------------------------------------------------------------------ scoring
-
-
-def prefill(model, ids: Sequence[int]):
-    """One forward over the prompt with a fresh KV cache: (logits of the last position [V], cache)."""
-    import torch
-
-    x = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
-    out = model(input_ids=x, use_cache=True, logits_to_keep=1)
-    return out.logits[0, -1].float(), out.past_key_values
-
-
-def _step(model, token_ids: Sequence[int], cache):
-    """Feed tokens after the cache; logits [len, V] (float32) and the updated cache."""
-    import torch
-
-    x = torch.tensor([list(token_ids)], dtype=torch.long, device=model.device)
-    out = model(input_ids=x, past_key_values=cache, use_cache=True)
-    return out.logits[0].float(), out.past_key_values
-
-
-def _greedy(model, last_logits, cache, n_new: int, eos_token_id, stop) -> list[int]:
-    out: list[int] = []
-    logits = last_logits
-    while len(out) < n_new:
-        token = int(logits.argmax())
-        out.append(token)
-        if token == eos_token_id or len(out) == n_new or (stop is not None and stop(out)):
-            break
-        step_logits, cache = _step(model, [token], cache)
-        logits = step_logits[-1]
-    return out
-
-
-def _answer_nll(model, last_logits, cache, answer_ids: Sequence[int]) -> float:
-    import torch
-    import torch.nn.functional as F
-
-    logits = last_logits[None]  # [1, V]: predicts answer_ids[0]
-    if len(answer_ids) > 1:
-        fed, cache = _step(model, answer_ids[:-1], cache)  # [A-1, V]: predict answer_ids[1:]
-        logits = torch.cat([logits, fed], dim=0)
-    target = torch.tensor(list(answer_ids), dtype=torch.long, device=logits.device)
-    return float(F.cross_entropy(logits, target))
-
-
-def greedy_answer(model, ids: Sequence[int], n_new: int, *, eos_token_id: int | None = None,
-                  stop: Callable[[list[int]], bool] | None = None) -> list[int]:
-    """Greedy continuation of `ids` (at most `n_new` tokens) with the KV cache, no `generate`."""
-    import torch
-
-    with torch.inference_mode():
-        last, cache = prefill(model, ids)
-        return _greedy(model, last, cache, n_new, eos_token_id, stop)
-
-
-def answer_nll(model, ids: Sequence[int], answer_ids: Sequence[int]) -> float:
-    """Teacher-forced mean NLL (nats) of `answer_ids` following the prompt `ids`."""
-    import torch
-
-    with torch.inference_mode():
-        last, cache = prefill(model, ids)
-        return _answer_nll(model, last, cache, answer_ids)
-
-
-def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: int, *,
-                 eos_token_id: int | None = None, stop=None) -> tuple[list[int], float]:
-    """(greedy tokens, answer NLL) from one prefill: the answer is fed, the cache rewound, then decoded."""
-    import torch
-
-    with torch.inference_mode():
-        last, cache = prefill(model, ids)
-        nll = _answer_nll(model, last, cache, answer_ids)
-        if len(answer_ids) > 1 and not _rewind(cache, len(answer_ids) - 1, len(ids)):
-            last, cache = prefill(model, ids)  # a cache that cannot be cropped: prefill again
-        return _greedy(model, last, cache, n_new, eos_token_id, stop), nll
-
-
-def _rewind(cache, n_tokens: int, prompt_length: int) -> bool:
-    """Drop the last n_tokens from a KV cache in place; False if this cache cannot."""
-    try:
-        cache.crop(-n_tokens)  # negative: remove that many tokens (old and new transformers alike)
-        return cache.get_seq_length() == prompt_length
-    except (AttributeError, NotImplementedError, ValueError, TypeError):
-        return False
-
-
-_LEADING_DIGITS = re.compile(r"\s*(\d*)")
-
-
-def parse_digits(text: str) -> str:
-    """The digits the answer starts with (after optional whitespace); '' if it starts otherwise."""
-    return _LEADING_DIGITS.match(text).group(1)
-
-
-def answer_settled(tokenizer) -> Callable[[list[int]], bool]:
-    """Stop rule for greedy decoding: the text has left its leading digits, so the parse cannot change."""
-    def stop(tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens)
-        return len(parse_digits(text)) < len(text.lstrip())
-    return stop
 
 
 def score(prompt: NeedlePrompt, generated_text: str) -> dict:
@@ -160,16 +62,6 @@ def score(prompt: NeedlePrompt, generated_text: str) -> dict:
 # --------------------------------------------------------------------------------------------- task
 
 
-def effective_length(accuracy_by_length: dict[int, float], threshold: float) -> int:
-    """Longest length whose accuracy, and that of every shorter length, is >= threshold (0 if none)."""
-    best = 0
-    for length in sorted(accuracy_by_length):
-        if accuracy_by_length[length] < threshold:
-            break
-        best = length
-    return best
-
-
 def prompt_record(p: NeedlePrompt, trial: int) -> dict:
     """One prompts.jsonl row (contract fields without the model columns the runner adds)."""
     return {"context_length": p.context_length, "depth": p.depth, "trial": trial, "city": p.city,
@@ -177,8 +69,14 @@ def prompt_record(p: NeedlePrompt, trial: int) -> dict:
             "answer_ids": list(p.answer_ids)}
 
 
-def _group_columns(df) -> list[str]:
-    return [c for c in GROUP if c in df.columns]
+@dataclass(frozen=True)
+class NeedleState:
+    """What a model's cells share: the tokenised haystack corpus and the prompt frame (plain or chat)."""
+
+    source: object
+    """harness.haystack.HaystackSource for the model's tokenizer"""
+    frame: object
+    """harness.prompts.PromptFrame"""
 
 
 @register_task("needle")
@@ -210,6 +108,8 @@ class NeedleTask(Task):
             raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
         if not 0.0 <= params.threshold <= 1.0:
             raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+        if params.template not in TEMPLATES:
+            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
         from harness.corpus import load_corpus
 
         corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
@@ -218,6 +118,12 @@ class NeedleTask(Task):
         if max(params.lengths) > bound:
             raise UserError(f"context length {max(params.lengths)} is more than corpus {params.corpus!r} can fill "
                             f"(about {bound} tokens at most); use shorter lengths or a larger corpus")
+
+    def data_fingerprint(self, params: NeedleParams) -> str:
+        """The haystack corpus's fingerprint."""
+        from harness.corpus import load_corpus
+
+        return load_corpus(params.corpus).fingerprint
 
     def cells(self, params: NeedleParams) -> list[dict]:
         """One cell per (context_length, depth, trial)."""
@@ -234,26 +140,28 @@ class NeedleTask(Task):
         from harness.corpus import load_corpus
 
         source = haystack_source(loaded.tokenizer, load_corpus(params.corpus, split="heldout"))
+        state = NeedleState(source, prompt_frame(loaded.tokenizer, params.template))
         for trial in range(params.trials):  # too short / too long for this tokenizer: fail before any cell
             for length in (min(params.lengths), max(params.lengths)):
-                self.prompt(params, loaded.tokenizer, source, length, 0.5, trial)
-        return source
+                self.prompt(params, loaded.tokenizer, state, length, 0.5, trial)
+        return state
 
     @staticmethod
-    def prompt(params: NeedleParams, tokenizer, source, length: int, depth: float, trial: int) -> NeedlePrompt:
+    def prompt(params: NeedleParams, tokenizer, state: "NeedleState", length: int, depth: float,
+               trial: int) -> NeedlePrompt:
         """The prompt of one cell (depends on params.seed and trial, never on the model)."""
-        return build_needle_prompt(tokenizer, source, int(length), float(depth), seed=params.seed, trial=int(trial),
-                                   cities=params.cities, digits=params.digits)
+        return build_needle_prompt(tokenizer, state.source, int(length), float(depth), seed=params.seed,
+                                   trial=int(trial), cities=params.cities, digits=params.digits, frame=state.frame)
 
     def run_cell(self, params: NeedleParams, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
         """Build the cell's prompt, decode greedily, score it and compute the answer NLL."""
         t0 = time.perf_counter()
         tok = loaded.tokenizer
-        source = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, source, cell["context_length"], cell["depth"], cell["trial"])
+        state = state if state is not None else self.prepare(params, loaded)
+        p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
         n_new = len(p.answer_ids) + params.max_new_tokens
         generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new,
-                                      eos_token_id=tok.eos_token_id, stop=answer_settled(tok))
+                                      eos_token_id=tok.eos_token_id, stop=digits_settled(tok))
         text = tok.decode(generated)
         row = {
             "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
@@ -273,7 +181,7 @@ class NeedleTask(Task):
         df = tables.get("needle")
         if df is None or df.empty:
             return {}
-        keys = _group_columns(df)
+        keys = model_columns(df)
         summary = (df.groupby(keys + ["context_length"], dropna=False)
                    .agg(accuracy=("correct", "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
                         answer_nll=("answer_nll", "mean"), n=("correct", "size"))
@@ -312,11 +220,8 @@ def write_prompts_jsonl(path: Path, df) -> Path:
     first = ["model", "attention", "rope_theta", "context_length", "depth", "trial", "input_ids", "needle_span",
              "answer_ids"]
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first and c != "run"]
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for rec in df[cols].to_dict(orient="records"):
-            f.write(json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n")
-    tmp.replace(path)
+    lines = (json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n" for rec in df[cols].to_dict(orient="records"))
+    write_text(path, "".join(lines))
     return path
 
 

@@ -11,8 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals import Task, register_task
 from harness.errors import UserError
+from harness.tables import model_columns
+from harness.task import Task, register_task
 
 PER_OCTAVE = 4  # log-spaced buckets per doubling of position, for the summary table and the figure
 _MARGIN = 64  # tokens past `length` a text prefix must give, so cutting the text cannot change them
@@ -100,6 +101,12 @@ class PositionLossTask(Task):
         if len(corpus) < params.docs:
             raise UserError(f"corpus {params.corpus!r} has {len(corpus)} documents, docs={params.docs} needed")
 
+    def data_fingerprint(self, params) -> str:
+        """The corpus's fingerprint."""
+        from harness.corpus import load_corpus
+
+        return load_corpus(params.corpus).fingerprint
+
     def cells(self, params) -> list[dict]:
         """One cell per document."""
         return [{"doc": i} for i in range(params.docs)]
@@ -129,12 +136,12 @@ class PositionLossTask(Task):
         """`position_loss` (mean over documents per position) and `position_loss_buckets` (log-spaced)."""
         import numpy as np
 
-        from harness.plots import log_bucket_edges
+        from harness.tables import log_bucket_edges
 
         raw = tables.get("position_nll")
         if raw is None or raw.empty:
             return {}
-        keys = [k for k in ("model", "attention", "rope_theta") if k in raw.columns]
+        keys = model_columns(raw)
         per_pos = (raw.groupby([*keys, "position"], dropna=False, sort=True)["nll"]
                    .agg(mean_nll="mean", n_docs="size", std="std").reset_index())
         per_pos["stderr"] = per_pos.pop("std") / per_pos["n_docs"].pow(0.5)

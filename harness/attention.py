@@ -4,6 +4,16 @@ Every variant multiplies query row i by a factor that depends only on n_i, the n
 row may see, so the ordinary SDPA kernel stays the fast path. The variant lives on each attention
 module (`module.lch_variant`); the model's attention implementation is "lch", registered in both of
 transformers' registries (a name missing from the mask registry silently builds no mask).
+
+Family specifics the fast path keeps (tests/test_families.py checks each against a hand-written reference):
+- the module's `scaling` (Gemma's query_pre_attn_scalar, Granite's attention_multiplier) goes to SDPA unchanged;
+- sliding windows come from the mask transformers builds for each layer type (`sdpa_mask` with the window), so
+  n_i counts only the keys inside the window; a mask skipped by transformers (`None`) means plain causal rows,
+  aligned the way SDPA's `is_causal` aligns them;
+- logit softcapping (Gemma2's `softcap`: z -> cap*tanh(z/cap)) cannot be expressed as a scale on q. The softcapped
+  logit is the score that enters softmax, so the variant scales it AFTER capping: softmax(m(n_i) * cap*tanh(z/cap)).
+  Such calls take `materialised_attention` (exact, a chunk of query rows at a time, memory O(chunk x n));
+- attention sinks (`s_aux`) or a position bias are refused with a UserError rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import math
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from harness.attention_spec import SPEC_HELP, AttentionSpec, parse_spec, resolve_spec  # noqa: F401 (re-exported)
@@ -21,20 +31,26 @@ from harness.errors import UserError
 
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
+QUERY_PROJECTIONS = ("q_proj", "qkv_proj")  # Phi-3 packs q, k, v in one projection
+MATERIALISED_ELEMENTS = 1 << 22  # score elements per row chunk of the materialised (softcap) path
 
 
 def attention_modules(model: nn.Module) -> list[tuple[int, nn.Module]]:
     """The decoder's self-attention modules as (layer index, module), in layer order."""
-    found = [(m.layer_idx, m) for _, m in model.named_modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+    found = [(m.layer_idx, m) for _, m in model.named_modules()
+             if hasattr(m, "layer_idx") and any(hasattr(m, p) for p in QUERY_PROJECTIONS)]
     return sorted(found, key=lambda pair: pair[0])
 
 
 def check_supported(model: nn.Module) -> None:
     """Raise UserError unless the model routes attention through transformers' attention registry."""
     name = type(model).__name__
-    if not getattr(model, "_supports_attention_backend", False) or not attention_modules(model):
+    if not getattr(model, "_supports_attention_backend", False):
         raise UserError(f"architecture {name} does not route attention through transformers' AttentionInterface; "
-                        "supported: decoder families such as Llama, Mistral, Qwen2/Qwen3, Gemma")
+                        "supported: decoder families such as Llama, Mistral, Qwen2/Qwen3, Gemma (see README)")
+    if not attention_modules(model):
+        raise UserError(f"architecture {name} has no attention modules with a layer_idx and a q_proj (or qkv_proj); "
+                        "supported: decoder families such as Llama, Mistral, Qwen2/Qwen3, Gemma (see README)")
 
 
 def add_ssmax_parameters(model: nn.Module, init_s: float, bias: bool = False, init_b: float = 0.0) -> None:
@@ -98,41 +114,111 @@ def query_scale(module: nn.Module, n: torch.Tensor) -> torch.Tensor | None:
     return 1.0 + spec.beta * torch.log1p(torch.floor(n / spec.floor))
 
 
+def causal_offset(q_len: int, kv_len: int) -> int:
+    """Without a mask, row i may see keys 0 .. i + offset: how transformers' SDPA call aligns `is_causal`.
+
+    One new row sees every key (decoding); several rows are aligned top-left (SDPA crops the keys to q_len,
+    as with an empty static cache whose kv_len is the cache size): row i sees i + 1 keys.
+    """
+    return kv_len - 1 if q_len == 1 else 0
+
+
+def allowed_keys(attention_mask: torch.Tensor | None, rows: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
+    """Which keys the given local query rows may see, as bool [B|1, 1|H, len(rows), kv]."""
+    if attention_mask is None:
+        keys = torch.arange(kv_len, device=rows.device)
+        return (keys.view(1, -1) <= (rows + causal_offset(q_len, kv_len)).view(-1, 1)).view(1, 1, -1, kv_len)
+    mask = attention_mask.index_select(-2, rows) if attention_mask.shape[-2] > 1 else attention_mask
+    if mask.dtype != torch.bool:  # additive float mask: 0 where allowed, very negative where not
+        mask = mask > torch.finfo(mask.dtype).min / 2
+    mask = mask[..., -kv_len:]
+    mask = mask if mask.dim() == 4 else mask.view(1, 1, *mask.shape[-2:])
+    return mask.expand(*mask.shape[:2], len(rows), kv_len)
+
+
 def scaled_query(module, query, attention_mask, kv_len) -> torch.Tensor:
     """The query with each row multiplied by its variant scale (unchanged for softmax)."""
-    n = visible_keys(attention_mask, query.shape[2], kv_len, device=query.device)
+    q_len = query.shape[2]
+    if attention_mask is None:  # SDPA's is_causal: rows follow kv_len - q_len cached keys only when decoding
+        kv_len = causal_offset(q_len, kv_len) + q_len
+    n = visible_keys(attention_mask, q_len, kv_len, device=query.device)
     scale = query_scale(module, n)
     return query if scale is None else query * scale.to(query.dtype)
 
 
+def _refuse_unsupported(module, kwargs) -> None:
+    for name, what in (("s_aux", "attention sinks"), ("position_bias", "a position bias")):
+        if kwargs.get(name) is not None:
+            raise UserError(f"{type(module).__name__} uses {what} ({name}), which lch attention does not support")
+
+
 def lch_attention(module, query, key, value, attention_mask, **kwargs):
-    """The fast path: scale query rows, then transformers' ordinary SDPA attention."""
+    """The fast path: scale query rows, then transformers' ordinary SDPA attention (materialised with softcap)."""
+    _refuse_unsupported(module, kwargs)
+    if kwargs.get("softcap") is not None:
+        output, _ = materialised_attention(module, query, key, value, attention_mask, **kwargs)
+        return output, None
     query = scaled_query(module, query, attention_mask, key.shape[2])
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def eager_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Materialised reference: softmax(scale_i * z) over the full score matrix; returns (output, weights)."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    q_len, kv_len = query.shape[2], key.shape[2]
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling  # (B, H, q, kv)
-    if attention_mask is None:
-        rows = torch.arange(q_len, device=query.device).view(-1, 1) + (kv_len - q_len)
-        allowed = torch.arange(kv_len, device=query.device).view(1, -1) <= rows
-    elif attention_mask.dtype == torch.bool:
-        allowed = attention_mask
-    else:
-        allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    allowed = allowed.expand_as(scores) if allowed.dim() == 4 else allowed.view(1, 1, q_len, kv_len).expand_as(scores)
-    n = allowed.sum(-1, keepdim=True).clamp(min=1).float()  # counted on the materialised mask
+def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap=None) -> torch.Tensor:
+    """Weights of the given local query rows over all keys: [B, H, rows, kv] fp32 (masked keys 0).
+
+    query: the call's query [B, H, q, D]; keys_t: its keys as fp32 [B, Hkv, D, kv] (no repeat_kv: the query
+    heads sharing a kv head are packed as rows of one group). The score is z = q.k * scaling, softcapped
+    (cap*tanh(z/cap)) when the family caps logits, then multiplied by the variant's factor m(n_i).
+    """
+    batch, heads, _, head_dim = query.shape
+    kv_heads, kv_len = keys_t.shape[1], keys_t.shape[-1]
+    groups, c = heads // kv_heads, len(rows)
+    q = query.index_select(2, rows).float()  # (B, H, c, D)
+    scores = torch.matmul(q.reshape(batch, kv_heads, groups * c, head_dim), keys_t)
+    scores = scores.view(batch, heads, c, kv_len) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    allowed = allowed_keys(attention_mask, rows, q_len, kv_len)  # (B|1, 1|H, c, kv)
+    n = allowed.sum(-1, keepdim=True, dtype=torch.float32).clamp_(min=1.0)  # counted on the materialised mask
     scale = query_scale(module, n)
     if scale is not None:
         scores = scores * scale
-    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
-    output = torch.matmul(weights, value.float()).to(query.dtype)
-    return output.transpose(1, 2).contiguous(), weights
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
+
+
+def materialised_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                           return_weights=False, chunk_elements: int | None = None, **kwargs):
+    """Exact attention on materialised scores, a chunk of query rows at a time; returns (output, weights|None).
+
+    Used by the fast path when the family softcaps logits, and (with return_weights) as the eager reference.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    keys_t = key.float().transpose(2, 3)
+    values = value.float()
+    chunk_elements = MATERIALISED_ELEMENTS if chunk_elements is None else chunk_elements
+    chunk = q_len if return_weights else max(1, chunk_elements // max(1, batch * heads * kv_len))
+    outputs, all_weights = [], []
+    for start in range(0, q_len, chunk):
+        rows = torch.arange(start, min(q_len, start + chunk), device=query.device)
+        weights = attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap)
+        if dropout and module.training:
+            weights = torch.nn.functional.dropout(weights, p=dropout)
+        c = len(rows)
+        out = torch.matmul(weights.reshape(batch, kv_heads, groups * c, kv_len), values)  # (B, Hkv, g*c, D)
+        outputs.append(out.view(batch, heads, c, -1))
+        if return_weights:
+            all_weights.append(weights)
+    output = torch.cat(outputs, dim=2).to(query.dtype).transpose(1, 2).contiguous()
+    return output, (torch.cat(all_weights, dim=2) if return_weights else None)
+
+
+def eager_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Materialised reference: softmax(scale_i * z) over the full score matrix; returns (output, weights)."""
+    _refuse_unsupported(module, kwargs)
+    return materialised_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                  softcap=kwargs.get("softcap"), return_weights=True)
 
 
 AttentionInterface.register(IMPLEMENTATION, lch_attention)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import importlib
-import json
-import os
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.atomic import write_json
 from harness.errors import UserError
 
 
@@ -84,9 +83,7 @@ def run_bench(name: str, quick: bool = False, out_root="results") -> tuple[dict,
     out = Path(out_root) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=_jsonable))
-    os.replace(tmp, path)
+    write_json(path, doc, indent=2, default=_jsonable)
     return doc, path
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_json
 from harness.errors import UserError
 
 REFERENCE_PREFIX = "reference/"
@@ -140,9 +141,7 @@ def _read_cache() -> dict[str, str]:
 def _write_cache(cache: dict[str, str]) -> None:
     try:
         _FINGERPRINT_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _FINGERPRINT_CACHE.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, _FINGERPRINT_CACHE)
+        write_json(_FINGERPRINT_CACHE, cache)
     except OSError:
         pass  # a read-only home only costs a re-hash next time
 

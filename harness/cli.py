@@ -28,7 +28,9 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
-        debug = "--debug" in args
+        debug = "--debug" in args  # any command: tracebacks and library logging
+        args = [a for a in args if a != "--debug"]
+        quiet_libraries(not debug)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -43,6 +45,20 @@ class _Group(TyperGroup):
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def quiet_libraries(quiet: bool = True) -> None:
+    """Library messages meant for their own users (transformers' logging and warnings) off, or on for --debug."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1" if quiet else "0")
+    for name in ("transformers", "huggingface_hub", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)
+    if quiet:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
 def _fail(message: str, debug: bool, code: int = EXIT_USAGE):
@@ -87,9 +103,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 @app.command()
-def tasks(task: Annotated[Optional[str], typer.Argument(help="show this task's parameters")] = None):
+def tasks(task: Annotated[Optional[str], typer.Argument(help="show this task's parameters")] = None,
+          include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file to register first (repeatable)")] = None):
     """List tasks; with TASK, its parameters, types, defaults and docs."""
-    from evals import get_task, list_tasks, param_infos
+    from harness.params import param_infos
+    from harness.task import get_task, include as include_file, list_tasks
+
+    for path in include or []:
+        include_file(path)
 
     if task is None:
         rows = [{"task": n, "tables": ",".join(get_task(n).tables), "description": _first_line(get_task(n))}
@@ -187,10 +208,14 @@ def run(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file (.py) to register before running (repeatable)")] = None,
 ):
     """Run TASK on one or more models; rerunning the same command resumes."""
     from harness.runner import ModelRequest, RunInterrupted, run_task
+    from harness.task import include as include_file
+
+    for path in include or []:
+        include_file(path)
 
     cfg = read_run_config(config) if config else {"task": None, "params": {}, "models": []}
     if task and cfg["task"] and task != cfg["task"]:
@@ -245,7 +270,6 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="small sizes, for a smoke test")] = False,
     out: Annotated[Path, typer.Option(help="output root; JSON goes to OUT/bench/NAME.json")] = Path("results"),
     list_only: Annotated[bool, typer.Option("--list", help="list the benchmarks and exit")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ):
     """Performance benchmarks: tables of ratios measured in one run, written as JSON."""
     from harness.bench import get_bench, list_benches, run_bench
@@ -272,11 +296,10 @@ def bench(
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     out: Annotated[Optional[Path], typer.Option(help="figure folder (default RUN_DIR/figures)")] = None,
-    debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Draw every figure the run's task draws."""
-    from evals import get_task
     from harness.results import load_run, read_manifest
+    from harness.task import get_task
 
     manifest = read_manifest(run_dir)
     task = get_task(manifest["task"])
@@ -290,7 +313,6 @@ def plot(
 def heatmap(
     run_dir: Annotated[Path, typer.Argument(help="a needle run directory (or a folder of runs)")],
     out: Annotated[Optional[Path], typer.Option(help="PNG file (default RUN_DIR/figures/needle_heatmap.png)")] = None,
-    debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Needle heatmaps of a run (accuracy over context length x depth)."""
     from harness.plots import draw_needle_heatmaps as draw
@@ -301,7 +323,6 @@ def heatmap(
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories (or folders of runs)")],
     out: Annotated[Path, typer.Option(help="folder for figures, headline.csv and report.html")] = Path("results/compare"),
-    debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Compare runs side by side: headline table, figures, report.html."""
     from harness.report import compare_runs
@@ -313,7 +334,6 @@ def demo(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     quick: Annotated[bool, typer.Option("--quick", help="a small grid of the same form")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """The main job on the embedded reference pair, offline; ends with a comparison report."""
     from harness.demo import run_demo
@@ -338,7 +358,6 @@ def reference_build(
     quick: Annotated[bool, typer.Option("--quick", help="a tiny model, a few steps: a smoke test")] = False,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (e.g. 1 per model when training two at once)")] = None,
     keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="also save OUT/<variant>/checkpoints/step_N at every held-out check")] = False,
-    debug: Annotated[bool, typer.Option("--debug")] = False,
 ):
     """Retrain the reference softmax/SSMax pair."""
     from harness.reference import build_reference

@@ -1,12 +1,9 @@
-"""Token-exact haystacks: needle insertion at a depth, question and answer templates (pure functions).
+"""Haystack material: corpus documents tokenised with their insertion boundaries, the needle's text and tokens.
 
-A prompt is joined from token pieces, never re-tokenised as one string, so its length is exact and the
-needle's number tokens are known:  BOS + haystack[:at] + needle + haystack[at:] + question.
-The haystack is cut from corpus documents concatenated in a (seed, trial) order; `at` is the last
-line or sentence boundary at or before depth * len(haystack).
+Prompts are assembled from these pieces in `harness.prompts` (token-exact, never re-tokenised as
+one string). The haystack is cut from corpus documents concatenated in a (seed, trial) order.
 """
 
-import bisect
 import random
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -45,34 +42,6 @@ class Needle:
     def text(self) -> str:
         """The needle sentence."""
         return NEEDLE_TEMPLATE.format(city=self.city, number=self.number)
-
-
-@dataclass(frozen=True)
-class NeedlePrompt:
-    """A token-exact needle prompt: ids, where the number sits, the gold answer and what was adjusted."""
-
-    input_ids: tuple[int, ...]
-    """Prompt token ids, exactly `context_length` of them (BOS, haystack with needle, question)."""
-    needle_span: tuple[int, int]
-    """[start, end) of the needle number's tokens in `input_ids` (they decode to `number`)."""
-    answer_ids: tuple[int, ...]
-    """Gold continuation " {number}." as token ids (teacher-forced for answer_nll)."""
-    city: str
-    """City named in the needle and the question."""
-    number: str
-    """The needle's number as a string of digits."""
-    depth: float
-    """Requested depth in [0, 1]."""
-    context_length: int
-    """Requested (and actual) prompt length in tokens."""
-    adjustments: tuple[str, ...]
-    """One line per piece that was adjusted to hit the exact length or a boundary."""
-    needle_start: int = 0
-    """Index of the needle sentence's first token in `input_ids`."""
-    haystack_tokens: int = 0
-    """Number of corpus tokens in the prompt."""
-    answer_digit_span: tuple[int, int] = (0, 0)
-    """[start, end) of the number's tokens within `answer_ids`."""
 
 
 def special_prefix(tokenizer: Any) -> tuple[int, ...]:
@@ -220,7 +189,7 @@ class HaystackSource:
     def haystack(self, n_tokens: int, seed: int, trial: int) -> tuple[list[int], list[int], int]:
         """First `n_tokens` corpus tokens in the (seed, trial) order, boundary positions, documents used.
 
-        Raises UserError when the corpus holds fewer tokens (the message gives the total).
+        Raises CorpusTooSmall (a UserError) when the corpus holds fewer tokens.
         """
         ids: list[int] = []
         bounds: list[int] = [0]
@@ -239,18 +208,18 @@ class HaystackSource:
                 ids.extend(self._ids[i])
                 used += 1
         if len(ids) < n_tokens:
-            raise _CorpusTooSmall(len(ids))
+            raise CorpusTooSmall(len(ids), n_tokens, self.name)
         return ids[:n_tokens], [b for b in bounds if b <= n_tokens] + [n_tokens], used
 
-    def total_tokens(self) -> int:
-        """Tokens in the whole corpus for this tokenizer (tokenises every document)."""
-        self._tokenize(range(len(self.texts)))
-        return sum(len(v) for v in self._ids.values())
 
 
-class _CorpusTooSmall(Exception):
-    def __init__(self, available: int):
-        self.available = available
+class CorpusTooSmall(UserError):
+    """The corpus holds fewer tokens than a haystack needs (`available` of them, for this tokenizer)."""
+
+    def __init__(self, available: int, needed: int, name: str):
+        super().__init__(f"a haystack of {needed} tokens was asked for but corpus {name!r} holds only {available} "
+                         "for this tokenizer; use shorter lengths or a larger corpus")
+        self.available, self.needed = available, needed
 
 
 _SOURCES: dict[tuple[int, str], tuple[Any, HaystackSource]] = {}
@@ -279,68 +248,3 @@ def check_depth(depth: float) -> float:
     if not 0.0 <= d <= 1.0:
         raise UserError(f"depth {depth!r} is outside [0, 1]; depths are fractions of the haystack (0 = start, 1 = end)")
     return d
-
-
-def build_needle_prompt(
-    tokenizer: Any,
-    source: HaystackSource,
-    length: int,
-    depth: float,
-    *,
-    seed: int = 0,
-    trial: int = 0,
-    cities: Sequence[str] = CITIES,
-    digits: int = DEFAULT_DIGITS,
-) -> NeedlePrompt:
-    """A prompt of exactly `length` tokens: BOS, haystack with the needle at `depth`, question and answer prefix.
-
-    The needle goes on the last line or sentence boundary at or before the depth-fraction point of
-    the haystack (depth 0: right after BOS; depth 1: right before the question). Pure and
-    deterministic in (seed, trial, length, depth).
-    """
-    depth = check_depth(depth)
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise UserError(f"context length {length!r} is not allowed; use a positive integer")
-    needle = draw_needle(seed, trial, cities=cities, digits=digits)
-    bos = list(special_prefix(tokenizer))
-    needle_ids, (n0, n1), adjustments = needle_tokens(tokenizer, needle)
-    question = encode(tokenizer, QUESTION_TEMPLATE.format(city=needle.city))
-    answer, answer_span = answer_tokens(tokenizer, needle.number)
-    fixed = len(bos) + len(needle_ids) + len(question)
-    n_hay = length - fixed
-    if n_hay < 0:
-        raise UserError(
-            f"context length {length} is below the prompt's fixed parts (BOS, needle, question: {fixed} tokens "
-            f"for city {needle.city!r}); the minimum is {fixed}"
-        )
-    try:
-        hay, bounds, used = source.haystack(n_hay, seed, trial)
-    except _CorpusTooSmall as e:
-        raise UserError(
-            f"context length {length} needs {n_hay} haystack tokens but corpus {source.name!r} holds only "
-            f"{e.available} for this tokenizer; the maximum is {e.available + fixed}"
-        ) from None
-    adjustments = list(adjustments)
-    adjustments.append(f"haystack: {used} document(s) cut to {n_hay} tokens to make the prompt exactly {length}")
-    target = int(depth * n_hay)
-    at = bounds[bisect.bisect_right(bounds, target) - 1]
-    if at != target:
-        adjustments.append(f"needle: moved back {target - at} token(s) from {target} to the boundary at {at}")
-    ids = bos + hay[:at] + needle_ids + hay[at:] + question
-    start = len(bos) + at
-    span = (start + n0, start + n1)
-    if len(ids) != length or tokenizer.decode(ids[span[0] : span[1]]).strip() != needle.number:
-        raise AssertionError(f"needle prompt construction broke: {len(ids)} tokens for {length}")  # internal bug
-    return NeedlePrompt(
-        input_ids=tuple(ids),
-        needle_span=span,
-        answer_ids=tuple(answer),
-        city=needle.city,
-        number=needle.number,
-        depth=depth,
-        context_length=length,
-        adjustments=tuple(adjustments),
-        needle_start=start,
-        haystack_tokens=n_hay,
-        answer_digit_span=answer_span,
-    )

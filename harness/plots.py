@@ -9,12 +9,14 @@ import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from harness.tables import (MODEL_COLUMNS as PANEL_KEYS, bucket_positions, fading_quantiles, head_ranking,  # noqa: F401
+                            needle_accuracy_grid, training_lengths)
+
 # ------------------------------------------------------------------------------------ needle heatmaps
 
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#d7301f", "#f5a623", "#fee08b", "#66bd63", "#1a9850"])
 """The needle-in-a-haystack palette: red (0) -> amber -> green (1)."""
 
-PANEL_KEYS = ("model", "attention", "rope_theta")
 
 
 def _theta_label(theta) -> str:
@@ -28,13 +30,6 @@ def panel_title(model=None, attention=None, rope_theta=None) -> str:
     return " · ".join(p for p in (str(model) if model is not None else None,
                                    str(attention) if attention is not None else None,
                                    _theta_label(rope_theta)) if p)
-
-
-def needle_accuracy_grid(df):
-    """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
-    grid = df.assign(correct=df["correct"].astype(float)).pivot_table(
-        index="depth", columns="context_length", values="correct", aggfunc="mean")
-    return grid.sort_index().sort_index(axis=1)
 
 
 def _train_line_x(lengths, train_length) -> float:
@@ -105,15 +100,6 @@ def needle_heatmap_figure(df, *, train_lengths=None, suptitle=None, ncols=None) 
     return fig
 
 
-def training_lengths(manifest: dict | None) -> dict:
-    """{model name: training length} from a run manifest's models (entries without one are left out)."""
-    out = {}
-    for m in (manifest or {}).get("models", []) or []:
-        if m.get("training_length"):
-            out[m.get("name")] = int(m["training_length"])
-    return out
-
-
 def draw_needle_heatmaps(run_dir, out_file=None) -> Path:
     """Draw the needle heatmaps of a run (`lch heatmap RUN_DIR`); default RUN_DIR/figures/needle_heatmap.png."""
     from harness import results
@@ -136,30 +122,6 @@ def draw_needle_heatmaps(run_dir, out_file=None) -> Path:
 
 
 # ------------------------------------------------------------------------------- position loss curves
-
-
-def log_bucket_edges(stop: int, per_octave: int = 4) -> list[int]:
-    """Integer edges 1 = e0 < e1 < ... < ek = stop of log-spaced buckets [e_i, e_{i+1}), `per_octave` per doubling."""
-    if stop <= 1:
-        return [1, 2]
-    count = max(1, math.ceil(math.log2(stop) * per_octave))
-    edges = np.unique(np.round(np.geomspace(1, stop, count + 1)).astype(int))
-    return [int(e) for e in edges]
-
-
-def bucket_positions(df, *, per_octave: int = 4, value: str = "mean_nll"):
-    """Mean of `value` over log-spaced position buckets per (model, attention, rope_theta): bucket_start, bucket_end, mean_nll, n."""
-    import pandas as pd
-
-    keys = [k for k in PANEL_KEYS if k in df.columns]
-    if df.empty:
-        return pd.DataFrame(columns=[*keys, "bucket_start", "bucket_end", "mean_nll", "n"])
-    edges = np.asarray(log_bucket_edges(int(df["position"].max()) + 1, per_octave))
-    index = np.searchsorted(edges, df["position"].to_numpy(), side="right") - 1
-    framed = df.assign(bucket_start=edges[index], bucket_end=edges[index + 1])
-    out = (framed.groupby([*keys, "bucket_start", "bucket_end"], dropna=False, sort=True)[value]
-           .agg(mean_nll="mean", n="size").reset_index())
-    return out
 
 
 def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
@@ -229,17 +191,6 @@ def head_label(layer, head) -> str:
     return f"L{int(layer)}H{int(head)}"
 
 
-def head_ranking(df):
-    """Mean needle score per (model, attention, rope_theta, layer, head) over the prompts, best first, with `rank`."""
-    keys = [k for k in PANEL_KEYS if k in df.columns]
-    ranked = (df.groupby([*keys, "layer", "head"], dropna=False)["needle_score"]
-              .agg(needle_score="mean", prompts="size").reset_index())
-    ranked = ranked.sort_values([*keys, "needle_score", "layer", "head"],
-                                ascending=[True] * len(keys) + [False, True, True], kind="stable")
-    ranked["rank"] = ranked.groupby(keys, dropna=False).cumcount() + 1 if keys else np.arange(1, len(ranked) + 1)
-    return ranked.reset_index(drop=True)
-
-
 def top_heads_bar(ax, df, *, k: int = 25, title=None):
     """Figure 7's form: the k heads with the highest mean needle score of one model, as labelled bars."""
     ranked = head_ranking(df).head(k)
@@ -281,16 +232,6 @@ def best_head_trials(ax, df, *, head: tuple[int, int] | None = None, title=None)
     ax.legend(fontsize=8)
     ax.set_title(title or f"best head {head_label(*head)} per prompt", fontsize=10)
     return ax
-
-
-def fading_quantiles(df, value: str = "max_weight", band=(0.25, 0.75)):
-    """Median and band quantiles of `value` over heads (and prompts) per (model, attention, rope_theta, n)."""
-    keys = [k for k in PANEL_KEYS if k in df.columns]
-    grouped = df.groupby([*keys, "n"], dropna=False)[value]
-    out = grouped.median().rename("median").to_frame()
-    out["low"] = grouped.quantile(band[0])
-    out["high"] = grouped.quantile(band[1])
-    return out.reset_index().sort_values([*keys, "n"])
 
 
 def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.75), reference: bool = True):

@@ -9,7 +9,11 @@ row) to a few numbers: the largest weight, the entropy, and the mass on each nam
 Memory grows with n (one chunk of rows x n keys), never with n^2; `output_attentions` is never used.
 
 A row is a query position in the full sequence (0-based): row i sees i + 1 keys in a causal
-forward. With a KV cache the rows of one call are the positions after the cached ones.
+forward (min(i + 1, window) on a sliding-window layer). With a KV cache the rows of one call are the
+positions after the cached ones; a forward pre-hook reads from the cache where the call's queries and
+keys sit in the sequence (a sliding-window cache keeps only the last window - 1 keys), so rows and key
+spans stay positions in the full sequence. Families that softcap logits (Gemma2) are probed on the
+softcapped, then variant-scaled scores, like the fast path.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from harness.attention import attention_modules, lch_attention, query_scale
+from harness.attention import attention_modules, attention_weights, lch_attention
 
 PROBE_IMPLEMENTATION = "lch_probe"
 CHUNK_ELEMENTS = 1 << 22  # score elements per row chunk (16 MiB in fp32); bounds the probe's memory
@@ -85,12 +89,14 @@ class Probe:
         seen = ~torch.isnan(first).all(dim=0).all(dim=0)  # [rows]
         return [r for r, ok in zip(self.rows, seen.tolist()) if not ok]
 
-    def observe(self, module: nn.Module, query, key, attention_mask, scaling) -> None:
+    def observe(self, module: nn.Module, query, key, attention_mask, scaling, softcap=None) -> None:
         """Reduce the weights of the captured rows present in this attention call into `stats`."""
         batch, heads, q_len, head_dim = query.shape
-        kv_heads, kv_len = key.shape[1], key.shape[2]
-        offset = kv_len - q_len  # cached keys before this call's first query row
-        hits = [(slot, r - offset) for slot, r in enumerate(self.rows) if offset <= r < kv_len]
+        kv_len = key.shape[2]
+        # Positions in the full sequence of this call's first query row and first key (see _record_positions):
+        # a sliding-window cache hands attention only the last window - 1 cached keys, a static cache all its slots.
+        q_start, k_start = getattr(module, "lch_probe_positions", None) or (kv_len - q_len, 0)
+        hits = [(slot, r - q_start) for slot, r in enumerate(self.rows) if q_start <= r < q_start + q_len]
         if not hits:
             return
         layer = int(module.layer_idx)
@@ -99,39 +105,30 @@ class Probe:
             store = self.stats[layer] = {name: torch.full((batch, heads, len(self.rows)), float("nan"),
                                                            device=query.device) for name in self.reducers}
         scaling = head_dim**-0.5 if scaling is None else scaling
-        groups = heads // kv_heads
         keys_t = key.float().transpose(2, 3)  # (B, Hkv, D, kv): O(n) copy, no repeat_kv
-        chunk = max(1, self.chunk_elements // max(1, batch * heads * kv_len))
+        chunk = max(1, self.chunk_elements // max(1, batch * heads * (k_start + kv_len)))
         with torch.no_grad():
             for i in range(0, len(hits), chunk):
                 part = hits[i : i + chunk]
                 slots = torch.tensor([s for s, _ in part], device=query.device)
                 local = torch.tensor([q for _, q in part], device=query.device)
-                c = len(part)
-                q = query.index_select(2, local).float()  # (B, H, c, D)
-                # GQA: query heads g*k .. g*k+groups-1 share kv head k, so pack them as rows of one group.
-                scores = torch.matmul(q.reshape(batch, kv_heads, groups * c, head_dim), keys_t)
-                scores = scores.view(batch, heads, c, kv_len) * scaling  # (B, H, c, kv)
-                allowed = _allowed_rows(attention_mask, local, offset, kv_len)  # (B|1, 1|H, c, kv)
-                n = allowed.sum(-1, keepdim=True, dtype=torch.float32).clamp_(min=1.0)
-                scale = query_scale(module, n)
-                if scale is not None:
-                    scores = scores * scale
-                weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
+                weights = attention_weights(module, query, keys_t, attention_mask, local, q_len, scaling, softcap)
+                if k_start:  # keys indexed by their position in the full sequence (spans are positions)
+                    weights = torch.nn.functional.pad(weights, (k_start, 0))
                 for name, reduce in self.reducers.items():
                     store[name][:, :, slots] = reduce(weights).float().to(store[name].device)
 
 
-def _allowed_rows(attention_mask, local: torch.Tensor, offset: int, kv_len: int) -> torch.Tensor:
-    """Which keys the given local query rows may see, as bool [B|1, 1|H, rows, kv]."""
-    if attention_mask is None:  # causal without padding (the SDPA mask was skipped)
-        keys = torch.arange(kv_len, device=local.device)
-        return (keys.view(1, -1) <= (local + offset).view(-1, 1)).view(1, 1, -1, kv_len)
-    mask = attention_mask.index_select(-2, local)
-    if mask.dtype != torch.bool:  # additive float mask: 0 where allowed, very negative where not
-        mask = mask > torch.finfo(mask.dtype).min / 2
-    mask = mask[..., -kv_len:]
-    return mask if mask.dim() == 4 else mask.view(1, 1, *mask.shape[-2:])
+def _record_positions(module: nn.Module, args, kwargs) -> None:
+    """Forward pre-hook: before the cache update, where this call's queries and keys sit in the full sequence."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if cache is None or hidden is None or not hasattr(cache, "get_mask_sizes"):
+        module.lch_probe_positions = None
+        return
+    q_len = hidden.shape[1]
+    _, k_start = cache.get_mask_sizes(q_len, module.layer_idx)
+    module.lch_probe_positions = (int(cache.get_seq_length(module.layer_idx)), int(k_start))
 
 
 def probe_attention(module, query, key, value, attention_mask, **kwargs):
@@ -139,7 +136,7 @@ def probe_attention(module, query, key, value, attention_mask, **kwargs):
     out = lch_attention(module, query, key, value, attention_mask, **kwargs)
     probe: Probe | None = getattr(module, "lch_probe", None)
     if probe is not None:
-        probe.observe(module, query, key, attention_mask, kwargs.get("scaling"))
+        probe.observe(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"))
     return out
 
 
@@ -168,14 +165,18 @@ def capture(model: nn.Module, rows: Sequence[int], *, spans: Mapping[str, tuple[
     if any(getattr(m, "lch_probe", None) is not None for m in modules):
         raise RuntimeError("a probe is already capturing on this model; captures do not nest")
     previous = model.config._attn_implementation
+    hooks = []
     for module in modules:
         module.lch_probe = probe
+        hooks.append(module.register_forward_pre_hook(_record_positions, with_kwargs=True))
     try:
         model.set_attn_implementation(PROBE_IMPLEMENTATION)
         yield probe
     finally:
-        for module in modules:
+        for module, hook in zip(modules, hooks):
+            hook.remove()
             module.lch_probe = None
+            module.lch_probe_positions = None
         model.set_attn_implementation(previous)
 
 

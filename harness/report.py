@@ -13,6 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness import results
+from harness.atomic import write_text
 from harness.plots import PANEL_KEYS, needle_difference_heatmap, panel_title, training_lengths
 
 
@@ -31,7 +32,7 @@ def variants(df: pd.DataFrame) -> list[tuple]:
 
 def headline_table(tables: dict[str, pd.DataFrame], train_lengths: dict[str, int]) -> pd.DataFrame:
     """Per model variant: effective needle length, accuracy at each length, mean NLL inside/beyond training."""
-    from evals.needle import effective_length  # the needle task's definition (no torch)
+    from harness.tables import effective_length
 
     rows: dict[tuple, dict] = {}
     needle = tables.get("needle")
@@ -78,7 +79,7 @@ def difference_figure(needle: pd.DataFrame) -> Figure | None:
 
 def compare_runs(run_dirs, out_dir) -> Path:
     """Draw the comparison of `run_dirs` into `out_dir` and write `out_dir/report.html`; returns its path."""
-    from evals import get_task
+    from harness.task import get_task
 
     out_dir = Path(out_dir)
     tables = results.load(*run_dirs)
@@ -95,9 +96,9 @@ def compare_runs(run_dirs, out_dir) -> Path:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         figures.append(path)
     headline = headline_table(tables, train)
-    _write_atomic(out_dir / "headline.csv", headline.to_csv(index=False))
+    write_text(out_dir / "headline.csv", headline.to_csv(index=False))
     report = out_dir / "report.html"
-    _write_atomic(report, render_html(headline, figures, [str(d) for d in results.expand_runs(run_dirs)]))
+    write_text(report, render_html(headline, figures, [str(d) for d in results.expand_runs(run_dirs)]))
     return report
 
 
@@ -121,9 +122,3 @@ def render_html(headline: pd.DataFrame, figures: list[Path], runs: list[str]) ->
 
 def _fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

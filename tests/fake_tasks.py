@@ -7,7 +7,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from evals import Task, _TASKS, register_task
+from harness.task import _TASKS, Task, register_task
 from harness.errors import UserError
 
 
@@ -90,6 +90,11 @@ class CorpusTask(Task):
 
     Params = CorpusParams
     tables = ("heads",)
+
+    def data_fingerprint(self, params):
+        from harness.corpus import load_corpus
+
+        return load_corpus(params.corpus).fingerprint
 
     def cells(self, params):
         return [{"doc": 0}]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
-from harness import checkpoint, results, runner
+from harness import checkpoint, results
+from harness.runner import distributed
 from harness.errors import UserError
 from harness.runner import Cell, assign_cells, plan_run, run_task
 
@@ -19,13 +20,13 @@ SCRIPT = """import os, signal, sys
 sys.path.insert(0, {root!r})
 import tests.fake_tasks
 if os.environ.get("LCH_TEST_KILL_RANK1") and os.environ.get("RANK") == "1":
-    import harness.runner as r
-    write = r._write_json
+    import harness.runner.rundir as r
+    write = r.write_json
     def dying_write(path, obj):
         write(path, obj)
         if path.parent.name == "cells":
             os.kill(os.getpid(), signal.SIGKILL)
-    r._write_json = dying_write
+    r.write_json = dying_write
 from harness.cli import app
 app()
 """
@@ -82,10 +83,10 @@ def test_lpt_covers_every_cell_once_and_is_within_one_cell_of_balance(world):
 
 def _fake_rank(monkeypatch, rank, world):
     """Pretend to be one rank of a torchrun job without a process group (every other rank is absent)."""
-    monkeypatch.setattr(runner, "_shard", lambda: (rank, world))
-    monkeypatch.setattr(runner, "_join_group", lambda world, device: False)
-    monkeypatch.setattr(runner, "_agreed_pending", lambda plan, world: plan.pending())
-    monkeypatch.setattr(runner, "_barrier", lambda world: None)
+    monkeypatch.setattr(distributed, "shard", lambda: (rank, world))
+    monkeypatch.setattr(distributed, "join_group", lambda world, device: False)
+    monkeypatch.setattr(distributed, "agreed_pending", lambda plan, world: plan.pending())
+    monkeypatch.setattr(distributed, "barrier", lambda world: None)
 
 
 def test_resume_under_other_world_sizes_computes_only_missing_cells(model, tmp_path, monkeypatch):
@@ -121,7 +122,7 @@ def test_device_map_needs_accelerate_and_a_known_map(model, monkeypatch):
 
 def test_device_map_with_torchrun_is_refused(model, tmp_path, monkeypatch):
     pytest.importorskip("accelerate")
-    monkeypatch.setattr(runner, "_shard", lambda: (0, 2))
+    monkeypatch.setattr(distributed, "shard", lambda: (0, 2))
     with pytest.raises(UserError, match="do not combine it with torchrun"):
         run_task("fake", [model], {}, out_root=tmp_path, progress=False, device_map="auto")
     assert not (tmp_path / "fake").exists() and not list(tmp_path.iterdir())

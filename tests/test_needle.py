@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from evals import get_task, parse_task_params
-from evals.needle import (NeedleParams, answer_nll, effective_length, greedy_answer, parse_digits, score_prompt)
+from harness.params import parse_task_params
+from harness.task import get_task
+from evals.needle import NeedleParams
+from harness.decode import answer_nll, greedy_answer, parse_digits, score_prompt
+from harness.tables import effective_length
 from harness.corpus import load_corpus
 from harness.errors import UserError
 from harness.haystack import haystack_source
@@ -59,9 +62,10 @@ class StubModel(torch.nn.Module):
     def device(self):
         return torch.device("cpu")
 
-    def forward(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=0):
-        cache = past_key_values or _Cache()
-        if past_key_values is None:
+    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=0):
+        # the harness starts every prompt with an empty transformers cache: a new prompt
+        if not isinstance(cache, _Cache):
+            cache = _Cache()
             self.prompt_length = input_ids.shape[1]
         start = len(cache.ids)
         cache.ids.extend(input_ids[0].tolist())
@@ -75,7 +79,7 @@ class StubModel(torch.nn.Module):
                 logits[0, j, target[k]] = 30.0
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
-        return SimpleNamespace(logits=logits, past_key_values=cache)
+        return SimpleNamespace(logits=logits, cache=cache)
 
 
 def _loaded(model, tok):
@@ -124,7 +128,7 @@ def test_kv_cache_scoring_matches_full_forwards(tok, monkeypatch):
         ref_nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(answer)))
     assert greedy_answer(model, ids, 6) == seq[len(ids):]
     assert answer_nll(model, ids, answer) == pytest.approx(ref_nll, rel=1e-4)
-    import evals.needle as needle
+    import harness.decode as needle
 
     prefills = []
     monkeypatch.setattr(needle, "prefill", lambda *a, _real=needle.prefill: prefills.append(1) or _real(*a))

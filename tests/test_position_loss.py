@@ -154,7 +154,7 @@ def test_corpus_too_short_says_what_it_can(text_folder):
 
 
 def test_validate_rejects_bad_params(text_folder):
-    from evals import parse_task_params
+    from harness.params import parse_task_params
 
     for bad, match in [({"length": 1}, "length"), ({"docs": 0}, "docs"), ({"docs": 9}, "5 documents"),
                        ({"prefill_chunk": -1}, "prefill_chunk"), ({"corpus": str(text_folder / "nope.txt")}, "nope")]:

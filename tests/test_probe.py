@@ -153,7 +153,8 @@ def corpus_dir(tmp_path_factory):
 
 
 def test_task_end_to_end_through_the_runner(tiny_checkpoint, corpus_dir, tmp_path):
-    from evals import get_task, parse_task_params
+    from harness.params import parse_task_params
+    from harness.task import get_task
     from harness import results
     from harness.runner import ModelRequest, run_task
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import evals
-from evals import Task, get_task, list_tasks, param_infos, params_to_dict, parse_task_params, register_task
+import harness.task
 from harness.errors import UserError
+from harness.params import param_infos, params_to_dict, parse_task_params
+from harness.task import Task, get_task, list_tasks, register_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ class _ProbeTask(Task):
 def probe_task():
     register_task("registry_probe")(_ProbeTask)
     yield get_task("registry_probe")
-    evals._TASKS.pop("registry_probe", None)
+    harness.task._TASKS.pop("registry_probe", None)
 
 
 def test_register_get_and_list(probe_task):
@@ -135,14 +136,14 @@ def _copy_evals_with(tmp_path, name, source):
     pkg.mkdir()
     (pkg / "__init__.py").write_text((ROOT / "evals" / "__init__.py").read_text())
     (pkg / f"{name}.py").write_text(textwrap.dedent(source))
-    return subprocess.run([sys.executable, "-c", "import evals; print(evals.list_tasks())"], cwd=tmp_path,
+    return subprocess.run([sys.executable, "-c", "from harness.task import list_tasks; print(list_tasks())"], cwd=tmp_path,
                           capture_output=True, text=True, env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": ""})
 
 
 def test_task_modules_are_imported(tmp_path):
     res = _copy_evals_with(tmp_path, "mini", """
         from dataclasses import dataclass
-        from evals import Task, register_task
+        from harness.task import Task, register_task
 
         @dataclass(frozen=True)
         class P:
@@ -159,3 +160,68 @@ def test_task_modules_are_imported(tmp_path):
 def test_broken_task_module_fails_loudly(tmp_path):
     res = _copy_evals_with(tmp_path, "broken", "raise ImportError('half-written module')\n")
     assert res.returncode != 0 and "half-written module" in res.stderr
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+from harness.task import Task, register_task
+
+
+@dataclass(frozen=True)
+class P:
+    n: int = 3
+    \"\"\"How many rows.\"\"\"
+    seed: int = 0
+    \"\"\"Seed.\"\"\"
+
+
+@register_task("{name}")
+class Outside(Task):
+    \"\"\"A task from outside the repository.\"\"\"
+
+    Params = P
+    tables = ("outside",)
+
+    def cells(self, params):
+        return [{{"i": i}} for i in range(params.n)]
+
+    def run_cell(self, params, loaded, cell, state, seed):
+        return {{"outside": [{{"i": cell["i"], "vocab": loaded.model.config.vocab_size, "seed": seed}}]}}
+"""
+
+
+def test_entry_point_tasks_register(tmp_path):
+    (tmp_path / "lch_outside_pkg.py").write_text(PLUGIN.format(name="outside_ep"))
+    dist = tmp_path / "lch_outside-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lch-outside\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lch.tasks]\noutside_ep = lch_outside_pkg\n")
+    res = subprocess.run([sys.executable, "-c", "from harness.task import list_tasks; print(list_tasks())"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": ""})
+    assert res.returncode == 0, res.stderr
+    assert "'outside_ep'" in res.stdout and "'needle'" in res.stdout
+
+
+def test_included_task_file_runs_from_the_cli(tmp_path, tiny_checkpoint):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    task_file = tmp_path / "my_task.py"
+    task_file.write_text(PLUGIN.format(name="outside_file"))
+    model = tiny_checkpoint()
+    runner = CliRunner()
+    listed = runner.invoke(app, ["tasks", "--include", str(task_file)])
+    assert listed.exit_code == 0 and "outside_file" in listed.output
+    res = runner.invoke(app, ["run", "--include", str(task_file), "outside_file", "--model", str(model),
+                              "-T", "n=2", "--out", str(tmp_path / "runs"), "--name", "r", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "runs" / "r" / "tables" / "outside.parquet")
+    import json
+
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    assert sorted(df["i"]) == [0, 1] and set(df["vocab"]) == {vocab}
+    bad = runner.invoke(app, ["run", "--include", str(tmp_path / "nope.py"), "outside_file", "--model", str(model)])
+    assert bad.exit_code == 2 and "not a Python file" in bad.output

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (GemmaConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen3Config, AutoModelForCausalLM)
+from transformers import (AutoModelForCausalLM, Cohere2Config, CohereConfig, Exaone4Config, Gemma2Config,
+                          Gemma3TextConfig, GemmaConfig, GlmConfig, GraniteConfig, HeliumConfig, LlamaConfig,
+                          MistralConfig, Olmo2Config, OlmoConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen3Config, SmolLM3Config, StableLmConfig, Starcoder2Config)
 
 from harness.attention import add_ssmax_parameters, attention_modules
 
@@ -18,12 +20,36 @@ SAMPLE_TEXT = (
     "import os, sys\nfor i in range(10):\n    print(i, 'hello world')\n"
 )
 
-FAMILIES = {
+FAMILIES = {  # model_type -> config class (tests/test_families.py runs the matrix over these)
     "llama": LlamaConfig,
     "mistral": MistralConfig,
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
     "gemma": GemmaConfig,
+    "gemma2": Gemma2Config,
+    "gemma3_text": Gemma3TextConfig,
+    "smollm3": SmolLM3Config,
+    "phi3": Phi3Config,
+    "olmo": OlmoConfig,
+    "olmo2": Olmo2Config,
+    "cohere": CohereConfig,
+    "cohere2": Cohere2Config,
+    "granite": GraniteConfig,
+    "starcoder2": Starcoder2Config,
+    "helium": HeliumConfig,
+    "glm": GlmConfig,
+    "exaone4": Exaone4Config,
+    "stablelm": StableLmConfig,  # does not route attention through AttentionInterface: for the refusal tests
+}
+
+# Per-family defaults on top of the common tiny shape (families whose head_dim does not follow hidden/heads).
+FAMILY_DEFAULTS = {
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8, "query_pre_attn_scalar": 8},
+    "gemma3_text": {"head_dim": 8, "query_pre_attn_scalar": 8},
+    "helium": {"head_dim": 8},
+    "glm": {"head_dim": 8},
+    "exaone4": {"head_dim": 8},
 }
 
 
@@ -48,8 +74,7 @@ def build_model(family: str = "llama", vocab_size: int = 400, *, ssmax: bool = F
     kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=4096,
                   bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    if family == "gemma":
-        kwargs["head_dim"] = 8
+    kwargs.update(FAMILY_DEFAULTS.get(family, {}))
     kwargs.update(overrides)
     config = FAMILIES[family](**kwargs)
     if training_length:

@@ -1,0 +1,198 @@
+"""Executing a plan: the loop over models and cells, per-cell work and telemetry, Ctrl-C and SIGTERM, status.
+
+A run interrupted at any moment loses at most the cell in flight: each finished cell is saved at once
+(atomically), and the tables and manifest are rebuilt from the saved cells.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import shutil
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.runner import distributed, rundir
+from harness.runner.plan import Cell, RunPlan, cell_seed, plan_run
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the grid after the cell in flight; finished cells are saved in `run_dir`."""
+
+    def __init__(self, run_dir: Path, done: int, total: int):
+        super().__init__(f"interrupted with {done}/{total} cells done in {run_dir}")
+        self.run_dir, self.done, self.total = run_dir, done, total
+
+
+def run_task(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
+             device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
+             trust_remote_code: bool = False, progress: bool = True, device_map: str | None = None) -> Path:
+    """Run a task's grid on each model (resuming finished cells) and return the run directory."""
+    if device_map is not None:
+        from harness.checkpoint import check_device_map
+
+        check_device_map(device_map)
+    plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
+                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    extra = {"device_map": device_map} if device_map is not None else {}
+    return execute(plan, progress=progress, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                   trust_remote_code=trust_remote_code, **extra)
+
+
+def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
+    """Compute the plan's pending cells (this process's share under torchrun), then assemble the run dir."""
+    rank, world = distributed.shard()
+    if world > 1 and load_kw.get("device_map") is not None:
+        raise UserError(f"--device-map spreads one model over all devices in one process; do not combine it "
+                        f"with torchrun (WORLD_SIZE={world})")
+    load_kw["device"] = distributed.local_device(load_kw.get("device", "cpu"), world)
+    joined = distributed.join_group(world, load_kw["device"])
+    try:
+        return _execute(plan, rank, world, progress, load_kw)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict) -> Path:
+    run_dir, cells = plan.run_dir, plan.cells
+    fresh = not run_dir.exists()
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    rundir.remove_stale_tmp(run_dir / "cells")
+    previous = rundir.check_existing(run_dir, plan.task.name)
+    manifest = rundir.new_manifest(plan, previous)
+    if rank == 0:
+        rundir.write_json(run_dir / "manifest.json", manifest)
+
+    # Only pending cells are shared out; every rank uses rank 0's view of what is pending, taken
+    # before anyone computes, so no cell is skipped or done twice.
+    pending = distributed.agreed_pending(plan, world)
+    mine = distributed.assign_cells(pending, world)[rank]
+    try:
+        with _deferred_sigint() as stop:
+            _run_pending(plan, mine, stop, progress=progress and rank == 0, **load_kw)
+    except BaseException as e:
+        if isinstance(e, UserError) and fresh and world == 1 and not any((run_dir / "cells").iterdir()):
+            # bad input found once the model was loaded (e.g. a tokenizer-dependent minimum length):
+            # this call made the folder and nothing finished, so leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        rundir.assemble(plan, manifest, status, draw=False)
+        raise
+    if stop.is_set():
+        done = rundir.assemble(plan, manifest, "interrupted", draw=False)
+        raise RunInterrupted(run_dir, done, len(cells))
+    distributed.barrier(world)  # every process has saved its cells
+    if rank == 0:
+        rundir.assemble(plan, manifest, "complete", draw=True)
+    distributed.barrier(world)
+    return run_dir
+
+
+def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> None:
+    """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
+    from tqdm.auto import tqdm
+
+    from harness import checkpoint
+
+    pending = [c for c in cells if not plan.cell_path(c).exists()]
+    total_cost = sum(c.cost for c in cells)
+    bar = tqdm(total=total_cost, initial=total_cost - sum(c.cost for c in pending), disable=not progress,
+               desc=plan.task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    done = len(cells) - len(pending)
+    bar.set_postfix_str(f"{done}/{len(cells)} cells")
+    try:
+        for m, request in enumerate(plan.requests):
+            todo = [c for c in pending if c.model_index == m]
+            if not todo or stop.is_set():
+                continue
+            loaded = checkpoint.load_model(request.spec, request.attention, request.rope_theta, **load_kw)
+            if loaded.info.fingerprint != plan.infos[m].fingerprint:
+                raise RuntimeError(f"{request.spec}: checkpoint changed after the run started")
+            state = plan.task.prepare(plan.params, loaded)
+            for cell in todo:
+                if stop.is_set():
+                    break
+                rundir.write_json(plan.cell_path(cell), _run_cell(plan.task, plan.params, loaded, state, cell))
+                done += 1
+                bar.set_postfix_str(f"{done}/{len(cells)} cells")
+                bar.update(cell.cost)
+            del loaded, state
+            _free_memory()
+    finally:
+        bar.close()
+
+
+def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
+    """One cell with its telemetry, as the JSON document saved under cells/."""
+    seed = cell_seed(task.base_seed(params), cell.coords)
+    _seed_everything(seed)
+    cuda = str(loaded.info.device).startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(loaded.info.device)
+    start = time.perf_counter()
+    out = dict(task.run_cell(params, loaded, cell.coords, state, seed))
+    seconds = time.perf_counter() - start
+    telemetry = dict(out.pop("telemetry", None) or {})
+    unknown = set(out) - set(task.tables)
+    if unknown:
+        raise RuntimeError(f"task {task.name!r} returned rows for undeclared tables {sorted(unknown)}")
+    tokens = telemetry.get("tokens", cell.coords.get("context_length"))
+    if cuda:
+        peak, how = torch.cuda.max_memory_allocated(loaded.info.device), "cuda_max_allocated"
+    else:
+        # CPU: the process's peak resident set so far (ru_maxrss, KiB on Linux); it never decreases,
+        # so it is an upper bound for this cell, not the cell's own peak.
+        peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
+    telemetry.update(seconds=seconds, tokens=tokens, tokens_per_s=(tokens / seconds if tokens and seconds else None),
+                     peak_memory_mb=peak / 2**20, memory_kind=how, seed=seed, finished_at=rundir.now())
+    return {"key": cell.key, "cell": cell.coords, "tables": out, "telemetry": telemetry}
+
+
+@contextmanager
+def _deferred_sigint():
+    """First Ctrl-C sets the yielded event (stop after the cell in flight); a second one aborts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after the cell in flight (Ctrl-C again to abort it)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,85 @@
+"""Table maths on run tables (pandas only; no torch, no drawing): groups, buckets, rankings, summaries."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+MODEL_COLUMNS = ("model", "attention", "rope_theta")
+"""The columns the runner puts first in every row: what produced it. One figure panel per combination."""
+
+
+def model_columns(df) -> list[str]:
+    """The MODEL_COLUMNS present in `df`, in order."""
+    return [c for c in MODEL_COLUMNS if c in df.columns]
+
+
+def effective_length(accuracy_by_length: dict[int, float], threshold: float) -> int:
+    """Longest length whose accuracy, and that of every shorter length, is >= threshold (0 if none)."""
+    best = 0
+    for length in sorted(accuracy_by_length):
+        if accuracy_by_length[length] < threshold:
+            break
+        best = length
+    return best
+
+
+def needle_accuracy_grid(df):
+    """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
+    grid = df.assign(correct=df["correct"].astype(float)).pivot_table(
+        index="depth", columns="context_length", values="correct", aggfunc="mean")
+    return grid.sort_index().sort_index(axis=1)
+
+
+def training_lengths(manifest: dict | None) -> dict:
+    """{model name: training length} from a run manifest's models (entries without one are left out)."""
+    out = {}
+    for m in (manifest or {}).get("models", []) or []:
+        if m.get("training_length"):
+            out[m.get("name")] = int(m["training_length"])
+    return out
+
+
+def log_bucket_edges(stop: int, per_octave: int = 4) -> list[int]:
+    """Integer edges 1 = e0 < e1 < ... < ek = stop of log-spaced buckets [e_i, e_{i+1}), `per_octave` per doubling."""
+    if stop <= 1:
+        return [1, 2]
+    count = max(1, math.ceil(math.log2(stop) * per_octave))
+    edges = np.unique(np.round(np.geomspace(1, stop, count + 1)).astype(int))
+    return [int(e) for e in edges]
+
+
+def bucket_positions(df, *, per_octave: int = 4, value: str = "mean_nll"):
+    """Mean of `value` over log-spaced position buckets per (model, attention, rope_theta): bucket_start, bucket_end, mean_nll, n."""
+    keys = model_columns(df)
+    if df.empty:
+        return pd.DataFrame(columns=[*keys, "bucket_start", "bucket_end", "mean_nll", "n"])
+    edges = np.asarray(log_bucket_edges(int(df["position"].max()) + 1, per_octave))
+    index = np.searchsorted(edges, df["position"].to_numpy(), side="right") - 1
+    framed = df.assign(bucket_start=edges[index], bucket_end=edges[index + 1])
+    out = (framed.groupby([*keys, "bucket_start", "bucket_end"], dropna=False, sort=True)[value]
+           .agg(mean_nll="mean", n="size").reset_index())
+    return out
+
+
+def head_ranking(df):
+    """Mean needle score per (model, attention, rope_theta, layer, head) over the prompts, best first, with `rank`."""
+    keys = model_columns(df)
+    ranked = (df.groupby([*keys, "layer", "head"], dropna=False)["needle_score"]
+              .agg(needle_score="mean", prompts="size").reset_index())
+    ranked = ranked.sort_values([*keys, "needle_score", "layer", "head"],
+                                ascending=[True] * len(keys) + [False, True, True], kind="stable")
+    ranked["rank"] = ranked.groupby(keys, dropna=False).cumcount() + 1 if keys else np.arange(1, len(ranked) + 1)
+    return ranked.reset_index(drop=True)
+
+
+def fading_quantiles(df, value: str = "max_weight", band=(0.25, 0.75)):
+    """Median and band quantiles of `value` over heads (and prompts) per (model, attention, rope_theta, n)."""
+    keys = model_columns(df)
+    grouped = df.groupby([*keys, "n"], dropna=False)[value]
+    out = grouped.median().rename("median").to_frame()
+    out["low"] = grouped.quantile(band[0])
+    out["high"] = grouped.quantile(band[1])
+    return out.reset_index().sort_values([*keys, "n"])
