@@ -1,15 +1,21 @@
-"""Checkpoints: a model spec (local dir, hub id, reference/NAME) -> LoadedModel(model, tokenizer, info)."""
+"""Checkpoints: a model request (local dir, hub id, reference/NAME) -> a resolved ModelInfo, without weights.
+
+Loading the weights is `harness.loading`. Imports no torch.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
+from harness.attention_spec import AttentionSpec, parse_spec, resolve_spec
 from harness.errors import UserError
 
 REFERENCE_PREFIX = "reference/"
@@ -21,7 +27,11 @@ _FINGERPRINT_CACHE = Path(os.environ.get("LCH_CACHE", Path.home() / ".cache" / "
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What produced a result: checkpoint identity, attention variant and RoPE theta."""
+    """The one resolved description of a model to evaluate: checkpoint identity, attention, RoPE, lengths.
+
+    Built by `describe_model` from a request without loading weights; `load_described` loads exactly
+    this (no request is parsed twice).
+    """
 
     name: str
     """display name: reference/NAME, the hub id, or the directory name"""
@@ -29,12 +39,12 @@ class ModelInfo:
     """absolute path of the checkpoint directory"""
     fingerprint: str
     """sha256 over config.json and the weight files"""
-    attention: str
-    """canonical attention spec in force (s=auto already resolved)"""
+    spec: AttentionSpec
+    """attention variant in force (s=auto already resolved)"""
     rope_theta: float | None
-    """RoPE base in force (after any override)"""
+    """RoPE base in force on the layers that see the whole context (after any override); None without RoPE"""
     training_length: int | None
-    """context length the checkpoint was trained at, when config.json records it"""
+    """context length the checkpoint's attention was trained at (see training_length_source)"""
     architecture: str
     """model class, e.g. LlamaForCausalLM"""
     num_layers: int
@@ -47,10 +57,26 @@ class ModelInfo:
     """dtype the weights run in"""
     device: str = "cpu"
     """device the model runs on"""
+    training_length_source: str = "absent"
+    """where training_length came from: argument, config.training_length, config.max_position_embeddings, ..."""
+    rope_bases: tuple[tuple[str, float | None], ...] = ()
+    """RoPE base in force per layer type, e.g. (("full_attention", 1e6), ("sliding_attention", 1e4)); None = NoPE"""
+    rope_overrides: tuple[tuple[str, float], ...] = ()
+    """the per-layer-type bases the request set (beyond rope_theta)"""
+
+    @property
+    def attention(self) -> str:
+        """Canonical attention spec string (the `attention` column)."""
+        return str(self.spec)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able dict of every field."""
-        return asdict(self)
+        """JSON-able dict of every field (the spec as its string)."""
+        out = asdict(self)
+        out["attention"] = self.attention
+        out["rope_bases"] = dict(self.rope_bases)
+        out["rope_overrides"] = dict(self.rope_overrides)
+        del out["spec"]
+        return out
 
 
 @dataclass
@@ -163,25 +189,21 @@ def checkpoint_attention(config: dict[str, Any]) -> str:
     return "ssmax" if isinstance(variant, dict) and variant.get("name") == "ssmax" else "softmax"
 
 
-def config_rope_theta(config: dict[str, Any]) -> float | None:
-    """RoPE base recorded in a config dict (transformers 5 `rope_parameters`, or the legacy key)."""
-    params = config.get("rope_parameters") or {}
-    if "rope_theta" in params:
-        return float(params["rope_theta"])
-    nested = [v["rope_theta"] for v in params.values() if isinstance(v, dict) and "rope_theta" in v]
-    if nested:
-        return float(max(nested))
-    return float(config["rope_theta"]) if "rope_theta" in config else None
+def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope_theta: float | None = None, *,
+                   training_length: int | None = None, rope_bases: dict[str, float] | None = None,
+                   allow_pickle: bool = False, trust_remote_code: bool = False, dtype: str | None = None,
+                   device: str = "cpu") -> ModelInfo:
+    """Validate a model request and resolve it into a ModelInfo without loading weights (cheap; used for cell keys).
 
-
-def describe_model(spec: str, attention: str | None = None, rope_theta: float | None = None, *,
-                   allow_pickle: bool = False, trust_remote_code: bool = False,
-                   dtype: str | None = None, device: str = "cpu") -> ModelInfo:
-    """Validate a model request and describe it without loading weights (cheap; used for cell keys)."""
-    from harness.attention_spec import parse_spec, resolve_spec
+    training_length: explicit length (else config `training_length`, else the config's context length:
+    see harness.families.context_length). rope_theta: base of the full-context layers; rope_bases: per
+    layer type (keys as in ModelInfo.rope_bases).
+    """
+    from harness import families
 
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
+    families.check_architecture(config)
     files = weight_files(path, allow_pickle)
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"checkpoint {name!r} needs custom code (auto_map); pass --trust-remote-code if you trust it")
@@ -189,18 +211,35 @@ def describe_model(spec: str, attention: str | None = None, rope_theta: float | 
     requested = parse_spec(attention) if attention is not None else parse_spec(trained_with)
     if requested.learned and trained_with != "ssmax":
         raise UserError(f"attention 'ssmax' uses learned s, but {name!r} is a softmax checkpoint; use ssmax(s=auto) or ssmax(s=<number>)")
-    if rope_theta is not None and not rope_theta > 0:
-        raise UserError(f"--rope-theta must be > 0, got {rope_theta}")
-    training_length = config.get("training_length")
-    resolved = resolve_spec(requested, training_length)
+    if rope_theta is not None and not (isinstance(rope_theta, (int, float)) and math.isfinite(rope_theta) and rope_theta > 0):
+        raise UserError(f"--rope-theta must be a finite number > 0, got {rope_theta}")
+    if training_length is not None:
+        if isinstance(training_length, bool) or not isinstance(training_length, int) or training_length < 2:
+            raise UserError(f"--training-length must be an integer >= 2, got {training_length!r}")
+        length, source = int(training_length), "argument"
+    else:
+        length, source = families.context_length(config)
+    bases = families.rope_bases(config)
+    if rope_theta is not None or rope_bases:
+        bases = families.set_rope_theta(copy.deepcopy(config), rope_theta, per_type=rope_bases)
     return ModelInfo(
-        name=name, path=str(path), fingerprint=fingerprint(path, files), attention=str(resolved),
-        rope_theta=float(rope_theta) if rope_theta is not None else config_rope_theta(config),
-        training_length=int(training_length) if training_length else None,
-        architecture=(config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        name=name, path=str(path), fingerprint=fingerprint(path, files),
+        spec=resolve_spec(requested, length), rope_theta=_full_context_base(bases),
+        training_length=length, training_length_source=source,
+        architecture=families.architecture_name(config),
         num_layers=int(config.get("num_hidden_layers", 0)), num_heads=int(config.get("num_attention_heads", 0)),
         checkpoint_attention=trained_with, dtype=_dtype_name(dtype, config), device=resolve_device(device),
+        rope_bases=tuple(bases.items()), rope_overrides=tuple(sorted((rope_bases or {}).items())),
     )
+
+
+def _full_context_base(bases: dict[str, float | None]) -> float | None:
+    """The base of the layers that see the whole context (the `rope_theta` column)."""
+    for kind in ("all", "rope", "full_attention"):
+        if bases.get(kind) is not None:
+            return float(bases[kind])
+    present = [b for b in bases.values() if b is not None]
+    return float(max(present)) if present else None
 
 
 def _dtype_name(dtype: str | None, config: dict[str, Any]) -> str:
@@ -211,6 +250,13 @@ def _dtype_name(dtype: str | None, config: dict[str, Any]) -> str:
     if dtype == "auto":
         return str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
     return dtype
+
+
+def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, **kwargs) -> LoadedModel:
+    """Load a checkpoint with an attention variant and optional RoPE override, ready for evaluation (see harness.loading)."""
+    from harness.loading import load_model as load
+
+    return load(spec, attention, rope_theta, **kwargs)
 
 
 def resolve_device(device: str) -> str:
@@ -227,114 +273,3 @@ def resolve_device(device: str) -> str:
         if not torch.cuda.is_available():
             raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     return device
-
-
-def set_rope_theta(config, theta: float) -> None:
-    """Override RoPE's base in a transformers config (every rope_parameters entry that has one)."""
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict) and "rope_theta" in params:
-        params["rope_theta"] = float(theta)
-    elif isinstance(params, dict) and any(isinstance(v, dict) and "rope_theta" in v for v in params.values()):
-        for value in params.values():
-            if isinstance(value, dict) and "rope_theta" in value:
-                value["rope_theta"] = float(theta)
-    elif hasattr(config, "rope_theta"):
-        config.rope_theta = float(theta)
-    else:
-        raise UserError(f"--rope-theta given, but {type(config).__name__} has no RoPE base to override")
-
-
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-def check_device_map(device_map: str) -> None:
-    """Refuse an unknown device_map, or one given without accelerate installed."""
-    if device_map not in DEVICE_MAPS:
-        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        raise UserError(f"device_map={device_map!r} needs accelerate: "
-                        "pip install 'long-context-harness[scale]'") from None
-
-
-def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, *,
-               device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
-               trust_remote_code: bool = False, device_map: str | None = None) -> LoadedModel:
-    """Load a checkpoint with an attention variant and optional RoPE base override, ready for evaluation.
-
-    device_map="auto" (needs accelerate) spreads a model too large for one device over every visible
-    GPU (then CPU memory) in this one process; `device` is then ignored.
-    """
-    if device_map is not None:
-        check_device_map(device_map)
-    info = describe_model(spec, attention, rope_theta, allow_pickle=allow_pickle,
-                          trust_remote_code=trust_remote_code, dtype=dtype, device=device)
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from harness.attention import apply_attention
-
-    path = Path(info.path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if rope_theta is not None:
-        set_rope_theta(config, rope_theta)
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # ssmax_s keys are loaded below, not "unexpected"
-    hf_logging.disable_progress_bar()  # the harness shows its own progress
-    placement = {"device_map": device_map} if device_map is not None else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=getattr(torch, info.dtype), use_safetensors=not allow_pickle or None,
-            trust_remote_code=trust_remote_code, **placement)
-    finally:
-        hf_logging.set_verbosity(level)
-    if info.checkpoint_attention == "ssmax":
-        load_ssmax_parameters(model, path)
-    apply_attention(model, info.attention, info.training_length)
-    if device_map is None:
-        model.to(info.device)
-    else:  # accelerate placed the layers; inputs go where the embeddings are
-        info = replace(info, device=str(model.device))
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
-
-
-def load_ssmax_parameters(model, path: Path) -> None:
-    """Attach the checkpoint's per-layer `ssmax_s` (and `ssmax_b`) tensors as parameters."""
-    import torch
-    from safetensors import safe_open
-
-    from harness.attention import add_ssmax_parameters
-
-    variant = getattr(model.config, "attention_variant", None) or {}
-    bias = bool(variant.get("bias"))
-    add_ssmax_parameters(model, 0.0, bias=bias)
-    wanted = {n for n, _ in model.named_parameters() if n.endswith((".ssmax_s", ".ssmax_b"))}
-    found: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                if key.endswith((".ssmax_s", ".ssmax_b")):
-                    found[_match_name(key, wanted)] = handle.get_tensor(key)
-    missing = sorted(wanted - found.keys())
-    if missing:
-        raise UserError(f"SSMax checkpoint {str(path)!r} lacks {missing[0]} (and {len(missing) - 1} more); "
-                        "its config says ssmax but the weights carry no learned s")
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, tensor in found.items():
-            params[name].copy_(tensor.float())
-
-
-def _match_name(key: str, wanted: set[str]) -> str:
-    # Files name them model.layers.{i}.self_attn.ssmax_s; the live model may prefix differently.
-    if key in wanted:
-        return key
-    for name in wanted:
-        if name.endswith(key) or key.endswith(name):
-            return name
-    return key

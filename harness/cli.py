@@ -136,7 +136,7 @@ def _show(value, width: int = 40) -> str:
 # --------------------------------------------------------------------------------------------- run
 
 _CONFIG_KEYS = ("task", "params", "models")
-_MODEL_KEYS = ("model", "attention", "rope_theta")
+_MODEL_KEYS = ("model", "attention", "rope_theta", "rope_bases", "training_length")
 
 
 def read_run_config(path: Path) -> dict:
@@ -175,10 +175,31 @@ def read_run_config(path: Path) -> dict:
         theta = entry.get("rope_theta")
         if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
             raise UserError(f"--config {str(path)!r}: models[{i}].rope_theta must be a number, got {theta!r}")
+        length = entry.get("training_length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+            raise UserError(f"--config {str(path)!r}: models[{i}].training_length must be an integer, got {length!r}")
+        bases = entry.get("rope_bases") or {}
+        if not isinstance(bases, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in bases.values()):
+            raise UserError(f"--config {str(path)!r}: models[{i}].rope_bases must map layer types to numbers, "
+                            "e.g. {{sliding_attention: 20000}}")
         if entry.get("attention") is not None and not isinstance(entry["attention"], str):
             raise UserError(f"--config {str(path)!r}: models[{i}].attention must be a spec string")
         parsed.append(entry)
     return {"task": doc.get("task"), "params": dict(doc.get("params") or {}), "models": parsed}
+
+
+def parse_rope_bases(items: list[str]) -> dict[str, float]:
+    """--rope-base TYPE=X strings -> {layer type: base}."""
+    out = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not kind.strip():
+            raise UserError(f"bad --rope-base {item!r}: expected LAYER_TYPE=BASE, e.g. --rope-base sliding_attention=20000")
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -197,7 +218,9 @@ def run(
     task: Annotated[Optional[str], typer.Argument(help="task name (lch tasks); optional with --config")] = None,
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="local dir, hub id or reference/NAME (repeatable)")] = None,
     attention: Annotated[Optional[str], typer.Option(help="attention spec for --model, e.g. ssmax(s=auto)")] = None,
-    rope_theta: Annotated[Optional[float], typer.Option("--rope-theta", help="RoPE base at evaluation")] = None,
+    rope_theta: Annotated[Optional[float], typer.Option("--rope-theta", help="RoPE base at evaluation (the full-context layers')")] = None,
+    rope_base: Annotated[Optional[list[str]], typer.Option("--rope-base", help="LAYER_TYPE=BASE per layer type, e.g. sliding_attention=20000 (repeatable)")] = None,
+    training_length: Annotated[Optional[int], typer.Option("--training-length", help="the model's training length (default: from its config)")] = None,
     task_param: Annotated[Optional[list[str]], typer.Option("--task-param", "-T", help="name=value (repeatable)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="run.yaml: task, params, models")] = None,
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
@@ -224,9 +247,12 @@ def run(
     if not task:
         raise UserError("give a TASK (lch tasks lists them) or 'task:' in --config")
     params = {**cfg["params"], **parse_overrides(task_param or [])}
-    models = [ModelRequest(m["model"], m.get("attention", attention), m.get("rope_theta", rope_theta))
+    bases = tuple(sorted(parse_rope_bases(rope_base or []).items()))
+    models = [ModelRequest(m["model"], m.get("attention", attention), m.get("rope_theta", rope_theta),
+                           m.get("training_length", training_length),
+                           tuple(sorted((m.get("rope_bases") or {}).items())) or bases)
               for m in cfg["models"]]
-    models += [ModelRequest(m, attention, rope_theta) for m in model or []]
+    models += [ModelRequest(m, attention, rope_theta, training_length, bases) for m in model or []]
     if not models:
         raise UserError("give at least one --model (or 'models:' in --config)")
     try:

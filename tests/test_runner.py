@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
-from harness import checkpoint, results
+from harness import loading, results
 from harness.errors import UserError
 from harness.runner import ModelRequest, RunInterrupted, cell_seed, check_run_name, plan_run, run_task
 
@@ -32,7 +32,7 @@ def _no_loading(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(checkpoint, "load_model", refuse)
+    monkeypatch.setattr(loading, "load_described", refuse)
 
 
 def _data(run_dir, table="fake"):

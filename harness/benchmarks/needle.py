@@ -71,21 +71,21 @@ class _ForwardClock:
 
     @contextlib.contextmanager
     def watching(self):
-        """Hook every model that harness.checkpoint.load_model returns while inside."""
-        from harness import checkpoint
+        """Hook every model that harness.loading.load_described returns while inside (the runner loads through it)."""
+        from harness import loading
 
-        original = checkpoint.load_model
+        original = loading.load_described
 
-        def load_model(*args, **kwargs):
+        def load_described(*args, **kwargs):
             loaded = original(*args, **kwargs)
             self.attach(loaded.model)
             return loaded
 
-        checkpoint.load_model = load_model
+        loading.load_described = load_described
         try:
             yield self
         finally:
-            checkpoint.load_model = original
+            loading.load_described = original
 
 
 @register_bench("needle", "needle grid: share of time outside model forward passes (prompts, decoding loop, writing)")

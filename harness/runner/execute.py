@@ -6,6 +6,7 @@ A run interrupted at any moment loses at most the cell in flight: each finished 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import resource
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.runner import distributed, rundir
 from harness.runner.plan import Cell, RunPlan, cell_seed, plan_run
+
+LOAD_OPTIONS = ("allow_pickle", "trust_remote_code", "device_map")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -34,7 +37,7 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
              trust_remote_code: bool = False, progress: bool = True, device_map: str | None = None) -> Path:
     """Run a task's grid on each model (resuming finished cells) and return the run directory."""
     if device_map is not None:
-        from harness.checkpoint import check_device_map
+        from harness.loading import check_device_map
 
         check_device_map(device_map)
     plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
@@ -101,7 +104,8 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> No
     """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
     from tqdm.auto import tqdm
 
-    from harness import checkpoint
+    from harness import loading
+    from harness.checkpoint import resolve_device
 
     pending = [c for c in cells if not plan.cell_path(c).exists()]
     total_cost = sum(c.cost for c in cells)
@@ -115,9 +119,9 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> No
             todo = [c for c in pending if c.model_index == m]
             if not todo or stop.is_set():
                 continue
-            loaded = checkpoint.load_model(request.spec, request.attention, request.rope_theta, **load_kw)
-            if loaded.info.fingerprint != plan.infos[m].fingerprint:
-                raise RuntimeError(f"{request.spec}: checkpoint changed after the run started")
+            # the plan's description, on this process's device (cuda:LOCAL_RANK under torchrun)
+            info = dataclasses.replace(plan.infos[m], device=resolve_device(load_kw.get("device") or plan.infos[m].device))
+            loaded = loading.load_described(info, **{k: load_kw[k] for k in LOAD_OPTIONS if k in load_kw})
             state = plan.task.prepare(plan.params, loaded)
             for cell in todo:
                 if stop.is_set():

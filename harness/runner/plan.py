@@ -20,11 +20,15 @@ from harness.task import get_task
 
 @dataclasses.dataclass(frozen=True)
 class ModelRequest:
-    """One model to evaluate: checkpoint spec, attention spec (None: the checkpoint's own), RoPE base."""
+    """One model to evaluate, as asked: checkpoint spec, attention (None: the checkpoint's own), RoPE, lengths."""
 
     spec: str
     attention: str | None = None
     rope_theta: float | None = None
+    training_length: int | None = None
+    """overrides the training length the config records (ssmax(s=auto), figures, "x training length")"""
+    rope_bases: tuple[tuple[str, float], ...] = ()
+    """per-layer-type RoPE bases, e.g. (("sliding_attention", 20000.0),)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,12 @@ def content_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def model_identity(info) -> tuple:
+    """What of a described model enters cell keys: weights, attention in force, RoPE, dtype."""
+    ident = (info.fingerprint, info.attention, info.rope_theta, info.dtype)
+    return ident + (info.rope_overrides,) if info.rope_overrides else ident  # old keys stay valid
+
+
 def cell_seed(base_seed: int, cell: dict) -> int:
     """Seed of one cell: from the task seed and the cell's coordinates only (never the model or order)."""
     return int(content_hash([base_seed, cell])[:8], 16)
@@ -93,10 +103,11 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
         raise UserError("give at least one model (--model)")
     if name is not None:
         check_run_name(name)
-    infos = tuple(checkpoint.describe_model(r.spec, r.attention, r.rope_theta, allow_pickle=allow_pickle,
+    infos = tuple(checkpoint.describe_model(r.spec, r.attention, r.rope_theta, training_length=r.training_length,
+                                            rope_bases=dict(r.rope_bases) or None, allow_pickle=allow_pickle,
                                             trust_remote_code=trust_remote_code, dtype=dtype, device=device)
                   for r in requests)
-    idents = [(i.fingerprint, i.attention, i.rope_theta, i.dtype) for i in infos]
+    idents = [model_identity(i) for i in infos]
     if len(set(idents)) < len(idents):
         raise UserError("the same model, attention and rope theta are given twice")
     corpus_fp = task.data_fingerprint(params)

@@ -1,0 +1,165 @@
+"""Loading a described model: weights (safetensors), the SSMax convention, RoPE overrides, the attention variant.
+
+`describe_model` (harness.checkpoint) resolves a request into a ModelInfo without weights;
+`load_described(info)` loads exactly that; `load_model(...)` does both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from harness.checkpoint import LoadedModel, ModelInfo, describe_model, fingerprint, weight_files
+from harness.errors import UserError
+
+VERY_LARGE_LENGTH = int(1e30)  # transformers' own "no limit" for tokenizer.model_max_length
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str) -> None:
+    """Refuse an unknown device_map, or one given without accelerate installed."""
+    if device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise UserError(f"device_map={device_map!r} needs accelerate: "
+                        "pip install 'long-context-harness[scale]'") from None
+
+
+def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, *,
+               training_length: int | None = None, rope_bases: dict[str, float] | None = None,
+               device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
+               trust_remote_code: bool = False, device_map: str | None = None) -> LoadedModel:
+    """Load a checkpoint with an attention variant and optional RoPE override, ready for evaluation.
+
+    device_map="auto" (needs accelerate) spreads a model too large for one device over every visible
+    GPU (then CPU memory) in this one process; `device` is then ignored.
+    """
+    if device_map is not None:
+        check_device_map(device_map)
+    info = describe_model(spec, attention, rope_theta, training_length=training_length, rope_bases=rope_bases,
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    return load_described(info, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device_map=device_map)
+
+
+def load_described(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                   device_map: str | None = None) -> LoadedModel:
+    """Load exactly the model `info` describes (weights, SSMax parameters, RoPE bases, variant, device)."""
+    from transformers.utils import logging as hf_logging
+
+    from harness import families
+    from harness.attention import apply_attention
+
+    path = Path(info.path)
+    if fingerprint(path, weight_files(path, allow_pickle)) != info.fingerprint:
+        raise UserError(f"checkpoint {info.name!r} changed on disk after the run was planned; start the run again")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # ssmax_s keys are loaded below, not "unexpected"
+    hf_logging.disable_progress_bar()  # the harness shows its own progress
+    try:
+        config = _load_config(path, trust_remote_code)
+        # the bases the description resolved, set per layer type wherever they differ from the config's
+        current = families.rope_bases(config)
+        changed = {kind: base for kind, base in info.rope_bases if base is not None and current.get(kind) != base}
+        if changed:
+            families.set_rope_theta(config, per_type=changed)
+        placement = {"device_map": device_map} if device_map is not None else {}
+        model = _load_weights(path, config, info, allow_pickle, trust_remote_code, placement)
+        tokenizer = _load_tokenizer(path, trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(level)
+    if info.checkpoint_attention == "ssmax":
+        load_ssmax_parameters(model, path)
+    apply_attention(model, info.spec, info.training_length)
+    if device_map is None:
+        model.to(info.device)
+    else:  # accelerate placed the layers; inputs go where the embeddings are
+        info = replace(info, device=str(model.device))
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _load_config(path: Path, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint config {str(path / 'config.json')!r} cannot be read by transformers: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _load_weights(path: Path, config, info: ModelInfo, allow_pickle: bool, trust_remote_code: bool, placement: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=getattr(torch, info.dtype), use_safetensors=not allow_pickle or None,
+            trust_remote_code=trust_remote_code, **placement)
+    except (OSError, RuntimeError, ValueError) as e:
+        if type(e).__name__ == "OutOfMemoryError":
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"weights of {info.name!r} ({path}) cannot be loaded: {type(e).__name__}: {first}") from None
+    except Exception as e:  # safetensors' SafetensorError is not an OSError
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"weights of {info.name!r} ({path}) are damaged: {str(e).splitlines()[0]}") from None
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"tokenizer of {str(path)!r} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:
+        if "tokenizers" not in type(e).__module__ and type(e).__name__ != "Exception":
+            raise
+        raise UserError(f"tokenizer of {str(path)!r} is damaged: {str(e).splitlines()[0]}") from None
+    # The harness tokenises whole documents and never truncates: a context limit is the model's, not the tokenizer's.
+    tokenizer.model_max_length = VERY_LARGE_LENGTH
+    return tokenizer
+
+
+def load_ssmax_parameters(model, path: Path) -> None:
+    """Attach the checkpoint's per-layer `ssmax_s` (and `ssmax_b`) tensors as parameters."""
+    import torch
+    from safetensors import safe_open
+
+    from harness.attention import add_ssmax_parameters
+
+    variant = getattr(model.config, "attention_variant", None) or {}
+    bias = bool(variant.get("bias"))
+    add_ssmax_parameters(model, 0.0, bias=bias)
+    wanted = {n for n, _ in model.named_parameters() if n.endswith((".ssmax_s", ".ssmax_b"))}
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if key.endswith((".ssmax_s", ".ssmax_b")):
+                    found[_match_name(key, wanted)] = handle.get_tensor(key)
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise UserError(f"SSMax checkpoint {str(path)!r} lacks {missing[0]} (and {len(missing) - 1} more); "
+                        "its config says ssmax but the weights carry no learned s")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, tensor in found.items():
+            params[name].copy_(tensor.float())
+
+
+def _match_name(key: str, wanted: set[str]) -> str:
+    # Files name them model.layers.{i}.self_attn.ssmax_s; the live model may prefix differently.
+    if key in wanted:
+        return key
+    for name in wanted:
+        if name.endswith(key) or key.endswith(name):
+            return name
+    return key
