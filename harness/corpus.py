@@ -61,7 +61,7 @@ def fingerprint(documents: tuple[Document, ...]) -> str:
 
 
 def load_corpus(spec: str = BUILTIN_STDLIB, split: str = "heldout") -> Corpus:
-    """Load a corpus: builtin:stdlib | .txt/.jsonl/.parquet file or folder of .txt | hf:NAME[:CONFIG][:SPLIT]."""
+    """Load a corpus: builtin:stdlib | a text file (any suffix), .jsonl or .parquet | a folder of text files | hf:NAME[:CONFIG][:SPLIT]."""
     if split not in SPLITS:
         raise UserError(f"unknown corpus split {split!r}; allowed: {', '.join(SPLITS)}")
     if not isinstance(spec, str) or not spec.strip():
@@ -116,25 +116,39 @@ def _stdlib_corpus(split: str) -> Corpus:
     return Corpus(spec=BUILTIN_STDLIB, split=split, fingerprint=fingerprint(docs), documents=docs)
 
 
+STRUCTURED = (".jsonl", ".parquet")  # one document per record; every other file is one document of UTF-8 text
+
+
+def _text_of(path: Path, spec: str) -> str:
+    """A file's UTF-8 text, or UserError naming the file when it is binary or not UTF-8."""
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"corpus file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        f"corpus {spec!r} takes text files (any suffix), .jsonl or .parquet") from None
+
+
 def _local_documents(spec: str) -> tuple[Document, ...]:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"corpus path {spec!r} does not exist; use builtin:stdlib, a file/folder path or hf:NAME")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
-            raise UserError(f"corpus folder {spec!r} has no .txt files")
-        docs = (Document(p.relative_to(path).as_posix(), p.read_text(encoding="utf-8", errors="replace")) for p in files)
+            raise UserError(f"corpus folder {spec!r} has no files")
+        docs = (Document(p.relative_to(path).as_posix(), _text_of(p, spec)) for p in files)
         return tuple(d for d in docs if d.text.strip())
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        return (Document(path.name, text),) if text.strip() else ()
     if suffix == ".jsonl":
         return _jsonl_documents(path)
     if suffix == ".parquet":
         return _parquet_documents(path)
-    raise UserError(f"unsupported corpus file {spec!r}; allowed: .txt, .jsonl (field 'text'), .parquet (column 'text')")
+    text = _text_of(path, spec)
+    return (Document(path.name, text),) if text.strip() else ()
 
 
 def _jsonl_documents(path: Path) -> tuple[Document, ...]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 
 @lru_cache(maxsize=None)
-def _cache_kwarg(forward) -> str:
+def cache_kwarg(forward) -> str:
     """The forward's name for the KV cache: `cache` (transformers >= 5.2x) or the older `past_key_values`."""
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
@@ -39,7 +39,7 @@ def new_cache():
 def forward(model, token_ids: Sequence[int], cache, *, logits_to_keep: int = 0):
     """Feed tokens after `cache` (filled in place); (logits [len or logits_to_keep, V] float32, cache)."""
     x = torch.tensor([list(token_ids)], dtype=torch.long, device=model.device)
-    kwargs = {_cache_kwarg(type(model).forward): cache}
+    kwargs = {cache_kwarg(type(model).forward): cache}
     out = model(input_ids=x, use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
     return out.logits[0].float(), _cache_of(out)
 

@@ -61,12 +61,15 @@ def per_position_nll(
         else:
             from transformers import DynamicCache
 
-            cache = DynamicCache(config=model.config)
+            from harness.decode import cache_kwarg
+
+            cache = DynamicCache(config=model.config)  # sliding layers keep only their window: exact, and small
+            name = cache_kwarg(type(body).forward)
             for s in range(0, length, prefill_chunk):
                 e = min(s + prefill_chunk, length)
                 positions = torch.arange(s, e, device=device)[None]
                 hidden = body(
-                    input_ids=ids[:, s:e], position_ids=positions, past_key_values=cache, use_cache=True
+                    input_ids=ids[:, s:e], position_ids=positions, use_cache=True, **{name: cache}
                 ).last_hidden_state
                 score(hidden, s)
                 del hidden

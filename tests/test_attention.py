@@ -87,11 +87,11 @@ def test_kv_cache_decoding_matches_full_forward():
     with torch.no_grad():
         full = model(ids).logits
         out = model(ids[:, :90], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
+        steps, cache = [out.logits], out.cache
         for t in range(90, 120):
-            out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
-            cache = out.past_key_values
+            cache = out.cache
     assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-4
 
 

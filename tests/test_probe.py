@@ -99,7 +99,7 @@ def test_rows_are_positions_in_the_full_sequence_with_a_kv_cache():
     with torch.no_grad(), capture(model, rows) as probe:
         out = model(ids[:, :20], use_cache=True)
         assert probe.missing_rows() == [20]
-        model(ids[:, 20:], past_key_values=out.past_key_values, use_cache=True)
+        model(ids[:, 20:], cache=out.cache, use_cache=True)
     w = _eager_weights(model, spec, ids)[:, :, :, rows]  # (layers, B, H, rows, kv)
     torch.testing.assert_close(probe.get("max_weight"), w.amax(-1), atol=TOL, rtol=0)
     torch.testing.assert_close(probe.get("entropy"), torch.special.entr(w).sum(-1), atol=TOL, rtol=0)
