@@ -86,6 +86,7 @@ class NeedleTask(Task):
     Params = NeedleParams
     tables = ("needle", "prompts")
     grid_params = ("lengths", "depths", "trials", "threshold")
+    added_params = {"template": "plain"}
 
     def validate(self, params: NeedleParams) -> None:
         """Check the grid and knobs (the corpus size per tokenizer is checked in `prepare`)."""

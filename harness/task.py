@@ -39,6 +39,7 @@ class Task:
     tables: tuple[str, ...] = ()  # tables the rows of run_cell go to
     grid_params: tuple[str, ...] = ()  # params that only choose which cells exist (left out of cell keys)
     version: int = 1  # bump when results of the same cell change meaning (invalidates finished cells)
+    added_params: dict = {}  # parameter -> value: added later, left out of cell keys at that value (old runs resume)
 
     def cells(self, params) -> list[dict]:
         """The independent units of work: JSON-able coordinates, e.g. {"context_length": 256, "depth": 0.5}."""

@@ -1,6 +1,7 @@
 """The corpus module: built-in stdlib split, local files, errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,18 @@ def test_stdlib_excludes_tests_and_non_sources():
 
 
 def test_split_is_stable():
-    # A hash of the path, not of anything that changes between runs or machines.
-    assert is_heldout("json/decoder.py") == is_heldout("json/decoder.py")
-    first = load_corpus("builtin:stdlib", "heldout")
-    again = load_corpus("builtin:stdlib", "heldout")
-    assert first.fingerprint == again.fingerprint
-    assert first.fingerprint == fingerprint(first.documents)
-    assert len(first.fingerprint) == 64
+    # A sha256 of the path: the same in every process, whatever PYTHONHASHSEED (Python's hash() is not).
+    import subprocess
+    import sys
+
+    paths = ["json/decoder.py", "email/parser.py", "asyncio/tasks.py", "os.py", "typing.py", "zipfile/__init__.py"]
+    code = f"from harness.corpus import is_heldout; print([is_heldout(p) for p in {paths!r}])"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=Path(__file__).parents[1]).stdout
+            for seed in ("1", "2")}
+    assert outs == {str([is_heldout(p) for p in paths]) + "\n"}
+    heldout = load_corpus("builtin:stdlib", "heldout")
+    assert heldout.fingerprint == fingerprint(heldout.documents) and len(heldout.fingerprint) == 64
 
 
 def test_fingerprint_depends_on_text():
@@ -76,7 +82,7 @@ def test_bad_split_and_bad_jsonl(tmp_path):
     bad.write_text('{"body": "no text field"}\n')
     with pytest.raises(UserError, match="text"):
         load_corpus(str(bad))
-    other = tmp_path / "notes.md"
-    other.write_text("x")
-    with pytest.raises(UserError, match="unsupported"):
-        load_corpus(str(other))
+    latin1 = tmp_path / "notes.md"
+    latin1.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(UserError, match="notes.md.*not UTF-8"):
+        load_corpus(str(latin1))

@@ -55,11 +55,8 @@ def test_lpt_balances_by_cost_deterministically():
     assert sorted(c.key for s in shares for c in s) == sorted(c.key for c in cells)  # each cell once
     assert all(s == sorted(s, key=lambda c: c.key) for s in shares)  # grid order within a share
     assert [[c.key for c in s] for s in assign_cells(cells, 2)] == [[c.key for c in s] for s in shares]
-    # every-world-th (the old scheme) would give one rank all the long cells of a sorted grid
-    by_length = _cells([1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32])
-    assert _loads([by_length[0::2], by_length[1::2]]) == [63.0, 63.0]
+    # a grid whose long cells alternate with short ones: dealing every other cell would give 128 vs 4
     skewed = _cells([32, 1, 32, 1, 32, 1, 32, 1])
-    assert _loads([skewed[0::2], skewed[1::2]]) == [128.0, 4.0]
     assert _loads(assign_cells(skewed, 2)) == [66.0, 66.0]
 
 

@@ -1,12 +1,15 @@
 """Attention probes: parity with materialised eager weights, logits untouched, rows with a cache, the task end to end."""
 
 import json
+import math
 
 import pytest
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from evals.attention_probe import answer_rows, fading_points, probe_prompt
-from harness.attention import apply_attention
+from harness.attention import apply_attention, attention_modules
 from harness.probe import PROBE_IMPLEMENTATION, capture
 from tests.tiny import build_model
 
@@ -26,9 +29,45 @@ def _model(spec, learned, **kw):
     return model
 
 
+def _multiplier(module, spec: str, n: int) -> torch.Tensor:
+    """The DESIGN.md table written out for one row that sees n keys: [H] float64 (not harness.attention.query_scale)."""
+    heads = module.config.num_attention_heads
+    if spec == "ssmax":
+        return module.ssmax_s.detach().double() * math.log(n)
+    value = {"softmax": 1.0, "ssmax(s=0.3)": 0.3 * math.log(n), "ssmax(s=0.5)": 0.5 * math.log(n),
+             "ssmax(s=0.3,b=0.1)": 0.3 * math.log(n) + 0.1, "logn(L=8)": max(1.0, math.log(n) / math.log(8))}[spec]
+    return torch.full((heads,), value, dtype=torch.float64)
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Row by row: softmax(m(n_i) * z_i) over the keys the mask allows, n_i counted on that row's mask."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.double().repeat_interleave(groups, dim=1)
+    v = value.double().repeat_interleave(groups, dim=1)
+    z = query.double() @ k.transpose(-1, -2) * scaling  # (B, H, q, kv)
+    allowed = attention_mask[..., : k.shape[2]] > -1 if attention_mask is not None else None  # 0 = allowed
+    weights = torch.zeros_like(z)
+    for b in range(z.shape[0]):
+        for i in range(z.shape[2]):
+            row_ok = allowed[b, 0, i] if allowed is not None else torch.arange(z.shape[3]) <= i
+            n = int(row_ok.sum())
+            if n == 0:  # a padding row sees no key: all weights 0
+                continue
+            scaled = z[b, :, i] * _multiplier(module, module.test_spec, n).view(-1, 1)
+            weights[b, :, i] = torch.softmax(scaled.masked_fill(~row_ok, float("-inf")), dim=-1)
+    out = (weights @ v).to(query.dtype).transpose(1, 2).contiguous()
+    return out, weights
+
+
+AttentionInterface.register("test_probe_reference", _reference_attention)
+AttentionMaskInterface.register("test_probe_reference", eager_mask)
+
+
 def _eager_weights(model, spec, ids, attention_mask=None):
-    """Materialised weights of every layer [layers, B, H, q, kv] from the eager reference; restores "lch"."""
-    apply_attention(model, spec, training_length=64, implementation="lch_eager")
+    """Weights of every layer [layers, B, H, q, kv] from the independent reference; restores "lch"."""
+    for _, module in attention_modules(model):
+        module.test_spec = spec
+    model.set_attn_implementation("test_probe_reference")
     try:
         with torch.no_grad():
             out = model(ids, attention_mask=attention_mask, output_attentions=True)

@@ -118,7 +118,9 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
 
     # The key: everything that decides a cell's result. Grid-only params are left out, so a larger
     # grid reuses the cells it shares with a smaller one.
-    keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params}
+    # Parameters added after runs existed leave keys alone while at their old behaviour's value.
+    keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params
+             and not (k in task.added_params and v == task.added_params[k])}
     base = {"schema": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
             "params": keyed, "corpus": corpus_fp}
     cells = tuple(Cell(m, c, content_hash({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)))

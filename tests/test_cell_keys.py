@@ -1,0 +1,30 @@
+"""Cell keys are a contract: the same inputs give the same keys, so finished runs keep resuming across versions.
+
+The keys below were computed by the code before the architecture rework (commit 0798f8e) for a fixed
+small run: the committed reference pair, a fixed corpus folder, three tasks.
+"""
+
+import pytest
+
+from harness.runner import ModelRequest, plan_run
+
+PINNED = {"needle": ["fda857a60d969ff2", "22ff8031e1283e96", "d7a25caa80bc304a", "b2af92c5bc354683", "6f88bca62d16c156", "a6af009eb3dbb3e4", "aaf6e6f57c76d41e", "d8282fae539fd78f"], "position_loss": ["de11995288b299bf", "66bedda43510c39c", "e7bbcf103744c1b5", "5477ec310b6f02a3"], "attention_probe": ["5b1c19d6e0d2dc77", "8e032782631da86e"]}
+CORPUS = "/tmp/lch-pinned-corpus"  # part of the params, so part of the keys: a fixed path
+PARAMS = {
+    "needle": {"corpus": CORPUS, "lengths": "128,256", "depths": "0,1", "trials": 1},
+    "position_loss": {"corpus": CORPUS, "length": 128, "docs": 2},
+    "attention_probe": {"corpus": CORPUS, "lengths": "128", "depths": "0.5", "trials": 1},
+}
+
+
+@pytest.mark.parametrize("task", sorted(PARAMS))
+def test_keys_of_a_fixed_run_are_pinned(task, tmp_path):
+    from pathlib import Path
+
+    folder = Path(CORPUS)
+    folder.mkdir(exist_ok=True)
+    (folder / "a.txt").write_text("The quick brown fox.\n" * 400)
+    (folder / "b.txt").write_text("Jumps over the lazy dog!\n" * 400)
+    models = [ModelRequest("reference/softmax"), ModelRequest("reference/ssmax", "ssmax(s=auto)", 5e5)]
+    plan = plan_run(task, models, PARAMS[task], out_root=tmp_path)
+    assert [c.key[:16] for c in plan.cells] == PINNED[task]
