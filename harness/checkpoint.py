@@ -92,13 +92,12 @@ def resolve_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[str, Path
     """Map a model spec to (display name, local directory); hub ids are fetched (or found in the cache)."""
     spec = str(spec).strip()
     if spec.startswith(REFERENCE_PREFIX) and not Path(spec).exists():
-        variant = spec[len(REFERENCE_PREFIX):]
-        path = REFERENCE_DIR / variant
-        if variant not in ("softmax", "ssmax"):
-            raise UserError(f"unknown reference model {spec!r}; allowed: reference/softmax, reference/ssmax")
-        if not (path / "config.json").is_file():
-            raise UserError(f"reference model {spec!r} is not built yet; run `lch reference build`")
-        return spec, path
+        name = spec[len(REFERENCE_PREFIX):]
+        shipped = reference_models()
+        if name not in shipped:
+            raise UserError(f"unknown reference model {spec!r}; shipped: {', '.join(REFERENCE_PREFIX + n for n in shipped)}"
+                            " (lch reference list)")
+        return spec, REFERENCE_DIR / name
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -107,6 +106,13 @@ def resolve_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[str, Path
     if _looks_like_hub_id(spec):
         return spec, _download(spec, allow_pickle)
     raise UserError(f"model {spec!r} not found: not a directory, a hub id (org/name) or reference/softmax|ssmax")
+
+
+def reference_models() -> list[str]:
+    """Names (without `reference/`) of the reference models shipped in the package, sorted."""
+    if not REFERENCE_DIR.is_dir():
+        return []
+    return sorted(p.name for p in REFERENCE_DIR.iterdir() if (p / "config.json").is_file() and any(p.glob("*.safetensors")))
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -24,7 +24,9 @@ class FakeParams:
     seed: int = 0
     """Base seed."""
     interrupt_length: int = 0
-    """Send SIGINT to this process while computing cells of this length (0: never)."""
+    """Send interrupt_signal to this process while computing cells of this length (0: never)."""
+    interrupt_signal: str = "SIGINT"
+    """Signal sent at interrupt_length: SIGINT (Ctrl-C) or SIGTERM (schedulers, torchrun)."""
     fail_length: int = 0
     """Raise while computing cells of this length (0: never)."""
     prepare_error: bool = False
@@ -36,7 +38,7 @@ class FakeTask(Task):
 
     Params = FakeParams
     tables = ("fake",)
-    grid_params = ("lengths", "trials", "sleep", "log", "interrupt_length", "fail_length", "prepare_error")
+    grid_params = ("lengths", "trials", "sleep", "log", "interrupt_length", "interrupt_signal", "fail_length", "prepare_error")
 
     def validate(self, params):
         if any(n < 2 for n in params.lengths):
@@ -68,7 +70,7 @@ class FakeTask(Task):
         if cell["length"] == params.fail_length:
             raise RuntimeError("fake failure")
         if cell["length"] == params.interrupt_length:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, params.interrupt_signal))
         row = {**cell, "first_id": int(ids[0, 0]), "nll": nll, "noise": torch.rand(1).item()}
         return {"fake": [row], "telemetry": {"tokens": cell["length"]}}
 

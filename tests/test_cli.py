@@ -148,6 +148,16 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(model, work):
     assert results.read_manifest(next((work / "out").iterdir()))["cells_done"] == 1
 
 
+def test_sigterm_stops_after_the_cell_in_flight_like_ctrl_c(model, work):
+    res = invoke("run", "fake", "--model", model, "--out", "out", "--name", "t", "-T", "lengths=8,16,24",
+                 "-T", "trials=1", "-T", "interrupt_length=8", "-T", "interrupt_signal=SIGTERM", "--no-progress")
+    assert res.exit_code == 130 and "SIGTERM" in res.stderr and "Resume with the same command" in res.stderr
+    assert results.read_manifest(work / "out" / "t")["status"] == "interrupted"
+    again = invoke("run", "fake", "--model", model, "--out", "out", "--name", "t", "-T", "lengths=8,16,24",
+                   "-T", "trials=1", "--no-progress")
+    assert again.exit_code == 0 and results.read_manifest(work / "out" / "t")["cells_done"] == 3
+
+
 def test_plot_without_figures(model, work):
     invoke("run", "fake", "--model", model, "--out", "out", "--name", "p", "-T", "lengths=8", "-T", "trials=1")
     res = invoke("plot", "out/p")

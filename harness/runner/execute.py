@@ -166,7 +166,10 @@ def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
 
 @contextmanager
 def _deferred_sigint():
-    """First Ctrl-C sets the yielded event (stop after the cell in flight); a second one aborts at once."""
+    """First Ctrl-C or SIGTERM (schedulers, torchrun) sets the yielded event: stop after the cell in flight.
+
+    A second one aborts at once.
+    """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -176,13 +179,15 @@ def _deferred_sigint():
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after the cell in flight (Ctrl-C again to abort it)", file=sys.stderr, flush=True)
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        print(f"\n{what}: stopping after the cell in flight (again to abort it)", file=sys.stderr, flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _seed_everything(seed: int) -> None:
