@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from harness.errors import UserError
+from harness.reference.cli import reference_app
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -70,7 +71,6 @@ def _fail(message: str, debug: bool, code: int = EXIT_USAGE):
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Evaluate softmax and SSMax attention at long context.")
-reference_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The committed reference softmax/SSMax pair.")
 app.add_typer(reference_app, name="reference")
 
 
@@ -135,84 +135,6 @@ def _show(value, width: int = 40) -> str:
 
 # --------------------------------------------------------------------------------------------- run
 
-_CONFIG_KEYS = ("task", "params", "models")
-_MODEL_KEYS = ("model", "attention", "rope_theta", "rope_bases", "training_length")
-
-
-def read_run_config(path: Path) -> dict:
-    """A run.yaml (task, params, models: [{model, attention, rope_theta}]) checked for shape."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"--config {str(path)!r}: no such file")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"--config {str(path)!r}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    doc = {} if doc is None else doc
-    if not isinstance(doc, dict):
-        raise UserError(f"--config {str(path)!r}: expected a mapping with keys {', '.join(_CONFIG_KEYS)}")
-    unknown = sorted(set(doc) - set(_CONFIG_KEYS))
-    if unknown:
-        raise UserError(f"--config {str(path)!r}: unknown key {unknown[0]!r}; allowed: {', '.join(_CONFIG_KEYS)}")
-    if "task" in doc and not isinstance(doc["task"], str):
-        raise UserError(f"--config {str(path)!r}: 'task' must be a task name, got {doc['task']!r}")
-    if not isinstance(doc.get("params") or {}, dict):
-        raise UserError(f"--config {str(path)!r}: 'params' must be a mapping of name: value")
-    models = doc.get("models") or []
-    if not isinstance(models, list):
-        raise UserError(f"--config {str(path)!r}: 'models' must be a list of {{model, attention, rope_theta}}")
-    parsed = []
-    for i, entry in enumerate(models):
-        entry = {"model": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
-            raise UserError(f"--config {str(path)!r}: models[{i}] needs 'model: <path or id>'")
-        bad = sorted(set(entry) - set(_MODEL_KEYS))
-        if bad:
-            raise UserError(f"--config {str(path)!r}: models[{i}] has unknown key {bad[0]!r}; allowed: {', '.join(_MODEL_KEYS)}")
-        theta = entry.get("rope_theta")
-        if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
-            raise UserError(f"--config {str(path)!r}: models[{i}].rope_theta must be a number, got {theta!r}")
-        length = entry.get("training_length")
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
-            raise UserError(f"--config {str(path)!r}: models[{i}].training_length must be an integer, got {length!r}")
-        bases = entry.get("rope_bases") or {}
-        if not isinstance(bases, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in bases.values()):
-            raise UserError(f"--config {str(path)!r}: models[{i}].rope_bases must map layer types to numbers, "
-                            "e.g. {{sliding_attention: 20000}}")
-        if entry.get("attention") is not None and not isinstance(entry["attention"], str):
-            raise UserError(f"--config {str(path)!r}: models[{i}].attention must be a spec string")
-        parsed.append(entry)
-    return {"task": doc.get("task"), "params": dict(doc.get("params") or {}), "models": parsed}
-
-
-def parse_rope_bases(items: list[str]) -> dict[str, float]:
-    """--rope-base TYPE=X strings -> {layer type: base}."""
-    out = {}
-    for item in items:
-        kind, sep, value = item.partition("=")
-        try:
-            out[kind.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not kind.strip():
-            raise UserError(f"bad --rope-base {item!r}: expected LAYER_TYPE=BASE, e.g. --rope-base sliding_attention=20000")
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """-T name=value strings -> {name: value} (the task's Params parse the values)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"bad -T {item!r}: expected name=value, e.g. -T lengths=256,512")
-        out[key.strip()] = value
-    return out
-
-
 @app.command()
 def run(
     task: Annotated[Optional[str], typer.Argument(help="task name (lch tasks); optional with --config")] = None,
@@ -234,6 +156,7 @@ def run(
     include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file (.py) to register before running (repeatable)")] = None,
 ):
     """Run TASK on one or more models; rerunning the same command resumes."""
+    from harness.run_config import parse_overrides, parse_rope_bases, read_run_config
     from harness.runner import ModelRequest, RunInterrupted, run_task
     from harness.task import include as include_file
 
@@ -374,52 +297,6 @@ def _interrupted():
     from harness.runner import RunInterrupted
 
     return RunInterrupted
-
-
-@reference_app.command("list")
-def reference_list():
-    """Every shipped reference model, one per line: name, recipe, training length, attention."""
-    import json
-
-    from harness.checkpoint import REFERENCE_DIR, REFERENCE_PREFIX, reference_models
-
-    for name in reference_models():
-        config = json.loads((REFERENCE_DIR / name / "config.json").read_text())
-        recipe_file = REFERENCE_DIR / name / "train_recipe.json"
-        recipe = json.loads(recipe_file.read_text()).get("recipe", "base") if recipe_file.is_file() else "?"
-        attention = (config.get("attention_variant") or {}).get("name", "softmax")
-        typer.echo(f"{REFERENCE_PREFIX}{name}\trecipe={recipe}\ttraining_length={config.get('training_length')}"
-                   f"\tattention={attention}")
-
-
-@reference_app.command("recipes")
-def reference_recipes():
-    """The training recipes `lch reference build --recipe NAME` knows."""
-    from harness.reference.recipes import RECIPES
-
-    for recipe in RECIPES.values():
-        typer.echo(f"{recipe.name}\t{recipe.about}")
-
-
-@reference_app.command("build")
-def reference_build(
-    recipe: Annotated[str, typer.Option(help="training recipe (lch reference recipes)")] = "base",
-    variant: Annotated[Optional[list[str]], typer.Option(help="variant to train (repeatable; default softmax and ssmax)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="models go to OUT/<model name> (default: the package's models/)")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="training steps (default: the recipe's)")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="a tiny model, a few steps: a smoke test")] = False,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (e.g. 1 per model when training two at once)")] = None,
-    keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="also save OUT/<model>/checkpoints/step_N at every held-out check")] = False,
-):
-    """Train a reference pair of a recipe (both models step for step as committed)."""
-    from harness.reference import build_reference
-    from harness.reference.recipes import get_recipe
-
-    chosen = get_recipe(recipe)
-    for v in variant or ["softmax", "ssmax"]:
-        path = build_reference(v, out / chosen.model_name(v) if out else None, recipe=recipe, steps=steps, quick=quick,
-                               threads=threads, keep_checkpoints=keep_checkpoints)
-        typer.echo(f"{chosen.model_name(v)}: {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pytest
@@ -325,6 +326,8 @@ def test_supported_families_are_the_tested_ones():
     assert all(f"`{model_type}`" in table for model_type in SUPPORTED_FAMILIES)
     for model_type in SUPPORTED_FAMILIES:
         check_architecture({"model_type": model_type, "architectures": ["X"]})
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert table in readme  # the README's "Supported models" table is this one, so true by these tests
 
 
 @pytest.mark.parametrize("config,name", [
