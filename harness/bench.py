@@ -12,7 +12,6 @@ A benchmark lives in `harness/benchmarks/<name>.py`:
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.atomic import write_json
-from harness.errors import UserError
+from harness.errors import unknown_name
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,7 @@ def get_bench(name: str) -> Bench:
     """The benchmark registered under `name`; unknown names suggest the closest one."""
     _import_all()
     if name not in _BENCHES:
-        close = difflib.get_close_matches(name, list(_BENCHES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown benchmark {name!r}{hint} Benchmarks: {', '.join(sorted(_BENCHES)) or '(none)'}")
+        raise unknown_name("benchmark", name, _BENCHES)
     return _BENCHES[name]
 
 

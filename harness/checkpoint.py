@@ -95,6 +95,12 @@ def resolve_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[str, Path
         name = spec[len(REFERENCE_PREFIX):]
         shipped = reference_models()
         if name not in shipped:
+            from harness.reference.recipes import RECIPES
+
+            for recipe in RECIPES.values():
+                if name in (recipe.model_name("softmax"), recipe.model_name("ssmax")):
+                    raise UserError(f"reference model {spec!r} is not built yet; run "
+                                    f"`lch reference build --recipe {recipe.name}`")
             raise UserError(f"unknown reference model {spec!r}; shipped: {', '.join(REFERENCE_PREFIX + n for n in shipped)}"
                             " (lch reference list)")
         return spec, REFERENCE_DIR / name

@@ -282,12 +282,13 @@ def compare(
 def demo(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     quick: Annotated[bool, typer.Option("--quick", help="a small grid of the same form")] = False,
+    pair: Annotated[str, typer.Option(help="reference pair by recipe (lch reference list): base, nope, ...")] = "base",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
-    """The main job on the embedded reference pair, offline; ends with a comparison report."""
+    """The main job on an embedded reference pair, offline; ends with a comparison report."""
     from harness.demo import run_demo
     try:
-        report = run_demo(out, quick=quick, progress=progress)
+        report = run_demo(out, quick=quick, progress=progress, pair=pair)
     except _interrupted() as e:
         _resume_hint(e)
     typer.echo(f"report: {report}")

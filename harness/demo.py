@@ -34,7 +34,8 @@ def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: st
     from harness.runner import ModelRequest
 
     info = describe_model(softmax)
-    train, theta = info.training_length or 256, (info.rope_theta or 10_000.0) * THETA_FACTOR
+    # RoPE models: the base raised 50x at evaluation, as in the paper; NoPE models have none to raise
+    train, theta = info.training_length or 256, info.rope_theta * THETA_FACTOR if info.rope_theta else None
     models = (ModelRequest(softmax, "softmax", theta), ModelRequest(ssmax, None, theta),
               ModelRequest(softmax, "ssmax(s=auto)", theta))
     factors = (1, 4) if quick else (1, 2, 4, 8, 16)
@@ -48,13 +49,22 @@ def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: st
     )
 
 
-def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, **models) -> Path:
-    """Run the three tasks (resuming finished cells) and write the comparison; returns report.html."""
+def pair_models(recipe: str) -> dict:
+    """The reference/... names of a recipe's shipped pair, as demo_plan's keyword arguments."""
+    from harness.reference.recipes import get_recipe
+
+    chosen = get_recipe(recipe)
+    return {v: f"reference/{chosen.model_name(v)}" for v in ("softmax", "ssmax")}
+
+
+def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, pair: str = "base", **models) -> Path:
+    """Run the three tasks on a reference pair (resuming finished cells) and write the comparison; returns report.html."""
     from harness.report import compare_runs
     from harness.runner import run_task
 
-    plan = demo_plan(quick, **models)
-    demo_dir = Path(out_root) / ("demo-quick" if quick else "demo")
+    plan = demo_plan(quick, **{**pair_models(pair), **models})
+    name = "demo" if pair == "base" else f"demo-{pair}"
+    demo_dir = Path(out_root) / (f"{name}-quick" if quick else name)
     runs = [run_task(task, list(plan.models), getattr(plan, task), out_root=demo_dir, progress=progress)
             for task in ("position_loss", "needle", "attention_probe")]
     return compare_runs(runs, demo_dir / "compare")

@@ -11,7 +11,6 @@ Imports no torch.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -21,7 +20,7 @@ import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, unknown_name
 from harness.params import check_params_class
 
 TASK_PACKAGES = ("evals",)
@@ -156,9 +155,7 @@ def get_task(name: str) -> Task:
     """The task registered under `name` (an instance); unknown names suggest the closest one."""
     discover()
     if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown task {name!r}{hint} Tasks: {', '.join(sorted(_TASKS)) or '(none)'}")
+        raise unknown_name("task", name, _TASKS)
     return _TASKS[name]()
 
 

@@ -18,7 +18,7 @@ TRAIN_LEN = 64
 
 
 def formula_multiplier(module, n):
-    """The DESIGN.md table, written out independently of harness.attention.query_scale."""
+    """The attention-spec table (docs/architecture.md, Contracts), written out independently of harness.attention.query_scale."""
     spec = module.test_spec
     heads = module.config.num_attention_heads
     if spec == "softmax":

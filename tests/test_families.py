@@ -97,7 +97,7 @@ def tokens(length: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def multiplier(module, spec: str, n: list[int]) -> torch.Tensor:
-    """The DESIGN.md table for rows that see n[i] keys, as [H, q, 1] float64 (independent of query_scale)."""
+    """The attention-spec table (docs/architecture.md, Contracts) for rows that see n[i] keys, as [H, q, 1] float64 (independent of query_scale)."""
     heads = module.config.num_attention_heads
     log_n = torch.tensor([math.log(k) for k in n], dtype=torch.float64).view(1, -1, 1)
     if spec == "softmax":

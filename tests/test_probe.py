@@ -30,7 +30,7 @@ def _model(spec, learned, **kw):
 
 
 def _multiplier(module, spec: str, n: int) -> torch.Tensor:
-    """The DESIGN.md table written out for one row that sees n keys: [H] float64 (not harness.attention.query_scale)."""
+    """The attention-spec table (docs/architecture.md, Contracts) written out for one row that sees n keys: [H] float64 (not harness.attention.query_scale)."""
     heads = module.config.num_attention_heads
     if spec == "ssmax":
         return module.ssmax_s.detach().double() * math.log(n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (AutoModelForCausalLM, Cohere2Config, CohereConfig, Exaone4Config, Gemma2Config,
                           Gemma3TextConfig, GemmaConfig, GlmConfig, GraniteConfig, HeliumConfig, LlamaConfig,
                           MistralConfig, Olmo2Config, OlmoConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
@@ -54,17 +53,10 @@ FAMILY_DEFAULTS = {
 
 
 def build_tokenizer(kind: str = "bpe") -> PreTrainedTokenizerFast:
-    """A small tokenizer: `bpe` (digits split, byte-level BPE) or `byte` (one token per byte)."""
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre
-    tok.decoder = decoders.ByteLevel()
-    vocab = 400 if kind == "bpe" else 257
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([SAMPLE_TEXT * 3], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    """A small tokenizer from the reference pair's builder: `bpe` (vocabulary 400) or `byte` (one token per byte)."""
+    from harness.reference.tokenizer import train_tokenizer
+
+    return train_tokenizer([SAMPLE_TEXT * 3], vocab_size=400 if kind == "bpe" else 257)
 
 
 def build_model(family: str = "llama", vocab_size: int = 400, *, ssmax: bool = False, bias: bool = False,
