@@ -25,6 +25,8 @@ class Recipe:
     """model size and positional encoding"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """curriculum and optimiser"""
+    min_retrieval: float = 0.75
+    """needle accuracy at the training length a shipped pair of this recipe must reach (tests check it)"""
 
     def model_name(self, variant: str) -> str:
         """The reference model name of this recipe's `variant` (without the `reference/` prefix)."""
