@@ -247,9 +247,10 @@ def plot(
     out: Annotated[Optional[Path], typer.Option(help="figure folder (default RUN_DIR/figures)")] = None,
 ):
     """Draw every figure the run's task draws."""
-    from harness.results import load_run, read_manifest
+    from harness.results import load_run, read_manifest, require_tables
     from harness.task import get_task
 
+    require_tables(run_dir)
     manifest = read_manifest(run_dir)
     task = get_task(manifest["task"])
     out = out or Path(run_dir) / "figures"
@@ -265,6 +266,8 @@ def heatmap(
 ):
     """Needle heatmaps of a run (accuracy over context length x depth)."""
     from harness.plots import draw_needle_heatmaps as draw
+    from harness.results import require_tables
+    require_tables(run_dir)
     typer.echo(str(draw(run_dir, out)))
 
 
@@ -275,6 +278,8 @@ def compare(
 ):
     """Compare runs side by side: headline table, figures, report.html."""
     from harness.report import compare_runs
+    from harness.results import require_tables
+    require_tables(*run_dirs)
     typer.echo(str(compare_runs(run_dirs, out)))
 
 
@@ -299,6 +304,8 @@ def _interrupted():
 
     return RunInterrupted
 
+
+from harness.lmeval_cli import register as _register_lm_eval; _register_lm_eval(app)  # noqa: E402  (`lch lm-eval`)
 
 if __name__ == "__main__":
     app()

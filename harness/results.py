@@ -18,7 +18,26 @@ def read_manifest(run_dir) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run directory (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged or unreadable ({type(e).__name__}); rerun the run's command to "
+                        "rebuild it from the cells") from e
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); rerun the run's command to rebuild it")
+    return manifest
+
+
+def require_tables(*run_dirs) -> None:
+    """Refuse runs still running (or killed while running) and runs without tables: a UserError naming the run."""
+    for d in _expand(run_dirs):
+        status = read_manifest(d).get("status")
+        if status == "running":
+            raise UserError(f"{d}: the run has not finished (manifest status 'running': in progress, or killed); "
+                            "wait for it, or rerun its command to resume it")
+        if not list((d / TABLES).glob("*.parquet")):
+            raise UserError(f"{d}: the run has no tables ({TABLES}/ is missing or empty); "
+                            "rerun its command to rebuild them from the cells")
 
 
 def _expand(run_dirs) -> list[Path]:
@@ -44,7 +63,14 @@ def load_run(run_dir) -> dict[str, pd.DataFrame]:
     tables_dir = Path(run_dir) / TABLES
     if not tables_dir.is_dir():
         return {}
-    return {p.stem: pd.read_parquet(p) for p in sorted(tables_dir.glob("*.parquet"))}
+    out = {}
+    for p in sorted(tables_dir.glob("*.parquet")):
+        try:
+            out[p.stem] = pd.read_parquet(p)
+        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+            raise UserError(f"{p} is damaged or unreadable ({type(e).__name__}); rerun the run's command to "
+                            "rebuild the tables from the cells") from e
+    return out
 
 
 def load(*run_dirs) -> dict[str, pd.DataFrame]:

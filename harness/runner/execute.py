@@ -1,7 +1,9 @@
 """Executing a plan: the loop over models and cells, per-cell work and telemetry, Ctrl-C and SIGTERM, status.
 
 A run interrupted at any moment loses at most the cell in flight: each finished cell is saved at once
-(atomically), and the tables and manifest are rebuilt from the saved cells.
+(atomically), and the tables and manifest are rebuilt from the saved cells. A damaged cell file is set
+aside and its cell computed again; a full disk or an unwritable folder ends the run with one line
+(`rundir.WriteError`), finished cells kept.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
 def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict) -> Path:
     run_dir, cells = plan.run_dir, plan.cells
     fresh = not run_dir.exists()
-    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-    rundir.remove_stale_tmp(run_dir / "cells")
-    previous = rundir.check_existing(run_dir, plan.task.name)
+    rundir.writing(run_dir / "cells", lambda: (run_dir / "cells").mkdir(parents=True, exist_ok=True))
+    if rank == 0:
+        rundir.remove_stale_tmp(run_dir)
+        rundir.set_aside_damaged_cells(plan)  # before rank 0 decides what is pending
+    previous = rundir.check_existing(run_dir, plan.task.name, repair=rank == 0)
     manifest = rundir.new_manifest(plan, previous)
     if rank == 0:
         rundir.write_json(run_dir / "manifest.json", manifest)
@@ -88,7 +92,12 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        rundir.assemble(plan, manifest, status, draw=False)
+        try:
+            rundir.assemble(plan, manifest, status, draw=False)
+        except rundir.WriteError:
+            if not isinstance(e, rundir.WriteError):
+                raise
+            # the disk is still full: the cells are saved, the tables are rebuilt by the next run
         raise
     if stop.is_set():
         done = rundir.assemble(plan, manifest, "interrupted", draw=False)
@@ -107,7 +116,7 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> No
     from harness import loading
     from harness.checkpoint import resolve_device
 
-    pending = [c for c in cells if not plan.cell_path(c).exists()]
+    pending = [c for c in cells if rundir.load_cell(plan.cell_path(c), c.key) is None]
     total_cost = sum(c.cost for c in cells)
     bar = tqdm(total=total_cost, initial=total_cost - sum(c.cost for c in pending), disable=not progress,
                desc=plan.task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,

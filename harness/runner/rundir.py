@@ -4,12 +4,18 @@
     RUN_DIR/cells/<key>.json         one finished cell: rows per table + telemetry (written atomically)
     RUN_DIR/tables/<name>.parquet    assembled from the grid's finished cells every run (+ .csv)
     RUN_DIR/figures/*.png            drawn by the task
+
+What counts as finished is `load_cell`: a cell file that parses and has the cell's key and a tables
+mapping. A damaged one is set aside (renamed `<key>.json.damaged-<time>`, never deleted) and its cell
+computed again; a damaged manifest is set aside and rebuilt, tables are rebuilt from the cells every
+run. A full disk or an unwritable folder is a `WriteError` (a UserError): one line with path and errno.
 Imports no torch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import subprocess
@@ -18,12 +24,93 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.atomic import atomic_write, temp_owner, write_json
+from harness import atomic
+from harness.atomic import temp_owner
 from harness.errors import UserError
 from harness.params import params_to_dict
 from harness.tables import MODEL_COLUMNS
 
 SCHEMA_VERSION = 1
+
+# Errors of the filesystem rather than of the program: reported as one line, the run resumes later.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+class WriteError(UserError):
+    """A run-directory file could not be written (full disk, read-only or unwritable folder)."""
+
+
+def write_error(path, e: OSError) -> WriteError:
+    code = errno.errorcode.get(e.errno, str(e.errno))
+    if e.filename and not atomic.is_temp_file(Path(e.filename)) and Path(e.filename) != Path(path):
+        path = e.filename  # a file a task hook wrote inside `path`
+    return WriteError(f"cannot write {path}: {os.strerror(e.errno)} ({code}); finished cells are kept, "
+                      f"free space or fix permissions and rerun the same command to resume")
+
+
+def writing(path, do):
+    """Run `do()` (which writes `path`), turning a full disk or an unwritable folder into a WriteError."""
+    try:
+        return do()
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from e
+        raise
+
+
+def write_json(path: Path, obj, **dump_kw) -> None:
+    """Atomically write `obj` as JSON into the run directory (see `writing`)."""
+    writing(path, lambda: atomic.write_json(path, obj, **dump_kw))
+
+
+def atomic_write(path: Path, write) -> None:
+    writing(path, lambda: atomic.atomic_write(path, write))
+
+
+def load_cell(path: Path, key: str) -> dict | None:
+    """A finished cell's saved document, or None if the file is missing, unreadable or damaged.
+
+    Finished means: it parses as a JSON object with this cell's `key` and `tables` mapping table
+    names to lists of row objects. `RunPlan.pending` and `assemble` both go by this.
+    """
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("tables"), dict)
+            and all(isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
+                    for rows in saved["tables"].values())
+            and isinstance(saved.get("telemetry", {}), dict)):
+        return None
+    return saved
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a damaged file to `<name>.damaged-<time>` (kept, never deleted), with a warning on stderr."""
+    path = Path(path)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.damaged-{stamp}-{n}"), n + 1
+    writing(target, lambda: os.replace(path, target))
+    print(f"warning: {path} is {why}; kept as {target.name}, {_rebuilt(path)}", file=sys.stderr, flush=True)
+    return target
+
+
+def _rebuilt(path: Path) -> str:
+    return "its cell is computed again" if path.parent.name == "cells" else "rebuilt from the cells"
+
+
+def set_aside_damaged_cells(plan) -> int:
+    """Set aside every cell file of the plan that exists but is not a finished cell; return how many."""
+    count = 0
+    for cell in plan.cells:
+        path = plan.cell_path(cell)
+        if (path.exists() or path.is_symlink()) and load_cell(path, cell.key) is None:
+            set_aside(path, "damaged or unreadable")
+            count += 1
+    return count
 
 
 def new_manifest(plan, previous: dict) -> dict:
@@ -46,24 +133,23 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
     telemetry = []
     done = 0
     for cell in plan.cells:  # grid order, so tables never depend on the order cells ran in
-        path = plan.cell_path(cell)
-        if not path.exists():
+        saved = load_cell(plan.cell_path(cell), cell.key)
+        if saved is None:  # missing or damaged: not finished
             continue
-        saved = json.loads(path.read_text())
         info = infos[cell.model_index]
         front = {"model": labels[cell.model_index], "attention": info.attention, "rope_theta": info.rope_theta}
         for table, table_rows in saved["tables"].items():
             rows.setdefault(table, []).extend(
                 {**front, **{k: v for k, v in r.items() if k not in front}} for r in table_rows)
         telemetry.append({**front, "cell": json.dumps(cell.coords, sort_keys=True), "key": cell.key,
-                          "cost": cell.cost, **saved["telemetry"]})
+                          "cost": cell.cost, **saved.get("telemetry", {})})
         done += 1
     tables = {t: pd.DataFrame(r) if r else pd.DataFrame(columns=list(MODEL_COLUMNS)) for t, r in rows.items()}
     if done:
         tables.update(task.summarize(tables, params) or {})
     tables["cells"] = pd.DataFrame(telemetry) if telemetry else pd.DataFrame(columns=list(MODEL_COLUMNS))
     tables_dir = run_dir / "tables"
-    tables_dir.mkdir(exist_ok=True)
+    writing(tables_dir, lambda: tables_dir.mkdir(exist_ok=True))
     # Optional tables that got no rows (e.g. prompts without save_prompts) are left out.
     tables = {t: df for t, df in tables.items() if len(df) or t in (task.tables[:1] + ("cells",))}
     for table, df in tables.items():
@@ -72,15 +158,20 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
     manifest.update(cells_done=done, finished_at=now(), status=status, tables=sorted(tables))
     if draw and done:
         figures_dir = run_dir / "figures"
-        figures_dir.mkdir(exist_ok=True)
-        drawn = task.figures(tables, manifest, figures_dir) or []
-        if not any(figures_dir.iterdir()):
-            figures_dir.rmdir()
+        drawn = writing(figures_dir, lambda: _draw(task, tables, manifest, figures_dir))
         manifest["figures"] = [str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
                                for p in drawn]
-        task.finalize(run_dir, tables, params)
+        writing(run_dir, lambda: task.finalize(run_dir, tables, params))
     write_json(run_dir / "manifest.json", manifest)
     return done
+
+
+def _draw(task, tables, manifest, figures_dir) -> list:
+    figures_dir.mkdir(exist_ok=True)
+    drawn = task.figures(tables, manifest, figures_dir) or []
+    if not any(figures_dir.iterdir()):
+        figures_dir.rmdir()
+    return drawn
 
 
 def model_labels(infos) -> list[str]:
@@ -90,10 +181,23 @@ def model_labels(infos) -> list[str]:
     return [f"{i.name}@{i.fingerprint[:8]}" if i.name in clash else i.name for i in infos]
 
 
-def check_existing(run_dir: Path, task_name: str) -> dict:
-    """The manifest of an earlier run of this task in run_dir ({} if none); refuse other folders."""
-    if (run_dir / "manifest.json").is_file():
-        old = json.loads((run_dir / "manifest.json").read_text())
+def check_existing(run_dir: Path, task_name: str, *, repair: bool = False) -> dict:
+    """The manifest of an earlier run of this task in run_dir ({} if none); refuse other folders.
+
+    A damaged manifest counts as none (the run is rebuilt from its cells); `repair` sets it aside.
+    """
+    path = run_dir / "manifest.json"
+    if path.is_file() or (path.exists() and (run_dir / "cells").is_dir()):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict) or not isinstance(old.get("task"), str):
+            if not (run_dir / "cells").is_dir():
+                raise UserError(f"{run_dir} holds a damaged {path.name} and no cells/; choose another --name")
+            if repair:
+                set_aside(path, "damaged or unreadable")
+            return {}
         if old.get("task") != task_name:
             raise UserError(f"{run_dir} holds a run of task {old.get('task')!r}; choose another --name")
         return old
@@ -102,9 +206,14 @@ def check_existing(run_dir: Path, task_name: str) -> dict:
     return {}
 
 
-def remove_stale_tmp(cells_dir: Path) -> None:
-    """Delete temp files of processes that died mid-write (their pid is in the name)."""
-    for tmp in cells_dir.glob(".*.tmp"):
+def remove_stale_tmp(run_dir: Path) -> None:
+    """Delete temp files of processes that died mid-write (their pid is in the name) in a run directory.
+
+    They were never renamed onto their target, so they hold nothing finished.
+    """
+    run_dir = Path(run_dir)
+    folders = [run_dir] if run_dir.name == "cells" else [run_dir, run_dir / "cells", run_dir / "tables"]
+    for tmp in (t for folder in folders if folder.is_dir() for t in folder.glob(".*.tmp")):
         pid = temp_owner(tmp)
         if pid is None:
             continue

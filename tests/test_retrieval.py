@@ -1,0 +1,231 @@
+"""Task family `retrieval` (RULER needle variants, passkey): stub copiers score 1 and non-copiers 0 on every
+preset, prompt invariants, determinism, end-to-end runs on a tiny checkpoint, and bad input."""
+
+import re
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from evals.retrieval import PRESETS, RetrievalParams, draw, parse_values
+from harness.errors import UserError
+from harness.params import parse_task_params
+from harness.task import get_task
+from tests.tiny import build_tokenizer
+
+TEXT = ("The lighthouse keeper counted ships. Each night he wrote their names down!\n"
+        "for ship in harbour:\n    log.write(ship.name)\n")
+LENGTHS = {"niah_multiquery": "520,600", "niah_multikey_3": "420,480"}  # uuids take many tokens of a 400-word BPE
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("haystack")
+    for i in range(6):
+        (folder / f"d{i}.txt").write_text(f"Log {i}.\n" + TEXT * 12)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer("bpe")
+
+
+class _Cache:
+    """Stand-in KV cache: the token ids seen so far."""
+
+    def __init__(self):
+        self.ids = []
+
+    def get_seq_length(self):
+        return len(self.ids)
+
+    def crop(self, n):
+        assert n < 0
+        del self.ids[n:]
+
+
+def _wrong(value: str) -> str:
+    return re.sub(r"[0-9]", "0", value) if value.isdigit() else re.sub(r"[0-9a-z]", "x", value)
+
+
+def read_answer(prompt: str, wrong: bool) -> str:
+    """What a perfect reader answers: the asked keys from the answer prefix, their values from the needles."""
+    if prompt.rstrip().endswith("The pass key is"):
+        values = re.findall(r"The pass key is (\S+?)\. Remember", prompt)
+    else:
+        last = prompt.rsplit("\n", 1)[-1]
+        keys = re.match(r"Answer: The hidden \w+? of (.+) (?:is|are)$", last).group(1)
+        values = [v for key in re.split(r", | and ", keys)
+                  for v in re.findall(rf"One hidden \w+ of {re.escape(key)} is (\S+?)\.\n", prompt)]
+    assert values
+    return " " + ", ".join(_wrong(v) if wrong else v for v in values) + "."
+
+
+class StubModel(torch.nn.Module):
+    """Reads the context like a perfect retriever and emits the answer (or the same shape with wrong values)."""
+
+    def __init__(self, tokenizer, wrong=False):
+        super().__init__()
+        self.tok, self.wrong, self.vocab = tokenizer, wrong, len(tokenizer)
+        self.prompt_length = None
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=0):
+        if not isinstance(cache, _Cache):
+            cache = _Cache()
+            self.prompt_length = input_ids.shape[1]
+        start = len(cache.ids)
+        cache.ids.extend(input_ids[0].tolist())
+        answer = read_answer(self.tok.decode(cache.ids[: self.prompt_length]), self.wrong)
+        pieces = re.findall(r" [^,.]+|[,.]", answer)  # tokenised as the task tokenises the gold answer
+        target = [t for p in pieces for t in self.tok(p, add_special_tokens=False)["input_ids"]]
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
+        for j in range(input_ids.shape[1]):
+            k = start + j + 1 - self.prompt_length
+            if 0 <= k < len(target):
+                logits[0, j, target[k]] = 30.0
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return SimpleNamespace(logits=logits, cache=cache)
+
+
+def _loaded(model, tok):
+    return SimpleNamespace(model=model, tokenizer=tok, info=SimpleNamespace(name="stub", training_length=None))
+
+
+def _params(name, corpus_dir, **overrides):
+    base = {"corpus": str(corpus_dir), "lengths": LENGTHS.get(name, "300,400"), "depths": "0,0.5,1", "trials": 2}
+    return parse_task_params(name, {**base, **overrides})
+
+
+def _grid(name, model, tok, corpus_dir, **overrides):
+    task = get_task(name)
+    params = _params(name, corpus_dir, **overrides)
+    loaded = _loaded(model, tok)
+    state = task.prepare(params, loaded)
+    rows = [r for cell in task.cells(params) for r in task.run_cell(params, loaded, cell, state, 0)["retrieval"]]
+    return task, params, state, pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_copier_scores_one_and_never_copier_zero(name, tok, corpus_dir):
+    task, params, _, df = _grid(name, StubModel(tok), tok, corpus_dir)
+    assert len(df) == 2 * 3 * 2 and (df["task"] == name).all()
+    assert df["correct"].all() and (df["recall"] == 1.0).all() and df["first_token_correct"].all()
+    assert (df["answer_nll"] < 1e-3).all()
+    assert (df["prompt_tokens"] == df["context_length"]).all()
+    summary = task.summarize({"retrieval": df}, params)
+    assert summary["retrieval_summary"]["accuracy"].tolist() == [1.0, 1.0]
+    assert summary["retrieval_effective_length"]["effective_length"].tolist() == [max(params.lengths)]
+    _, _, _, bad = _grid(name, StubModel(tok, wrong=True), tok, corpus_dir)
+    assert not bad["correct"].any() and (bad["recall"] == 0.0).all() and not bad["first_token_correct"].any()
+    assert (bad["answer_nll"] > 1.0).all()
+    assert task.summarize({"retrieval": bad}, params)["retrieval_effective_length"]["effective_length"].tolist() == [0]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_prompt_invariants_and_determinism(name, tok, corpus_dir):
+    task = get_task(name)
+    params = _params(name, corpus_dir)
+    state = task.prepare(params, _loaded(None, tok))
+    for length in params.lengths:
+        for depth in params.depths:
+            for trial in range(params.trials):
+                p = task.prompt(params, tok, state, length, depth, trial)
+                assert len(p.input_ids) == length
+                assert not set(p.distractor_keys) & set(p.asked_keys)
+                assert len(set(p.asked_keys) | set(p.distractor_keys)) == params.keys
+                text = tok.decode(list(p.input_ids))
+                assert len(p.placed_values) == len(set(p.placed_values)) >= params.keys * params.values
+                for value in p.placed_values:
+                    assert text.count(value) == 1, (value, name)
+                for value, s, e in p.value_spans:
+                    assert tok.decode(list(p.input_ids[s:e])).strip() == value
+                assert sorted(p.asked_values) == sorted(v for v, _, _ in p.value_spans[: params.queries * params.values])
+                again = task.prompt(params, tok, task.prepare(params, _loaded(None, tok)), length, depth, trial)
+                assert again == p
+    d0, d1 = draw(params, 0), draw(params, 1)
+    assert d0 == draw(params, 0) and d0 != d1
+
+
+def test_depth_places_the_asked_needle(tok, corpus_dir):
+    task = get_task("niah_multikey_1")
+    params = _params("niah_multikey_1", corpus_dir, lengths="400")
+    state = task.prepare(params, _loaded(None, tok))
+    starts = [task.prompt(params, tok, state, 400, d, 0).needle_start for d in (0.0, 0.5, 1.0)]
+    assert starts[0] < starts[1] < starts[2]
+
+
+def test_parse_values():
+    assert parse_values(" 123, 456 and 789.\nmore") == ["123", "456", "789"]
+    assert parse_values(" amber-falcon.") == ["amber-falcon"]
+    assert parse_values("\n123") == []
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"queries": "5", "keys": "2"}, r"queries=5 is more than keys=2"),
+    ({"value_kind": "emoji"}, r"value_kind='emoji' is not allowed"),
+    ({"key_kind": "int"}, r"key_kind='int' is not allowed"),
+    ({"depths": "0,1.5"}, r"depth 1\.5 is outside \[0, 1\]"),
+    ({"values": "0"}, r"values=0 is not allowed"),
+    ({"keys": "100", "lengths": "256"}, r"100 needles .* cannot fit in context length 256"),
+    ({"haystack": "noise"}, r"haystack='noise'"),
+    ({"template": "fancy"}, r"template='fancy'"),
+])
+def test_bad_params(overrides, pattern, corpus_dir):
+    with pytest.raises(UserError, match=pattern):
+        parse_task_params("niah_single_2", {"corpus": str(corpus_dir), **overrides})
+    with pytest.raises(UserError, match="style=passkey has one pass key"):
+        parse_task_params("passkey", {"values": "2"})
+
+
+def test_prepare_rejects_a_length_the_needles_cannot_fit(tok, corpus_dir):
+    task = get_task("niah_multiquery")
+    with pytest.raises(UserError, match=r"cannot hold 4 needle\(s\).*lengths >= \d+"):
+        task.prepare(_params("niah_multiquery", corpus_dir, lengths="100"), _loaded(None, tok))
+
+
+def test_presets_are_listed_with_a_description():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["tasks"])
+    assert res.exit_code == 0
+    for name in PRESETS:
+        line = next(x for x in res.output.splitlines() if x.split() and x.split()[0] == name)
+        assert "retrieval" in line and len(line.split()) > 3
+    assert get_task("niah_multiquery").Params().queries == 4 and RetrievalParams().queries == 1
+    assert get_task("retrieval").data_fingerprint(get_task("passkey").Params()).startswith("filler:")
+
+
+def test_every_preset_end_to_end(tiny_checkpoint, corpus_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.results import load
+    from harness.runner import run_task
+
+    ckpt = tiny_checkpoint()
+    contract = ["model", "attention", "rope_theta", "context_length", "depth", "trial", "task", "answer", "prediction",
+                "correct", "recall", "first_token_correct", "answer_nll", "prompt_tokens"]
+    for name in PRESETS:
+        length = LENGTHS.get(name, "300").split(",")[0]
+        params = {"corpus": str(corpus_dir), "lengths": length, "depths": "0,1", "trials": 1}
+        run = run_task(name, [str(ckpt)], params, out_root=tmp_path, name=f"e2e-{name}", progress=False)
+        tables = load(run)
+        df = tables["retrieval"]
+        assert set(contract) <= set(df.columns) and len(df) == 2, name
+        assert (df["prompt_tokens"] == df["context_length"]).all() and (df["task"] == name).all()
+        assert {"accuracy", "recall", "n"} <= set(tables["retrieval_summary"].columns)
+        assert "effective_length" in tables["retrieval_effective_length"]
+        assert (run / "figures" / f"retrieval_heatmap_{name}.png").is_file()
+    res = CliRunner().invoke(app, ["run", "niah_multiquery", "--model", str(ckpt), "--out", str(tmp_path),
+                                   "-T", "queries=5", "-T", "keys=2"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [res.output.strip()] and "queries=5 is more than keys=2" in res.output
