@@ -8,7 +8,8 @@ The filler text is this project's own; it is the same for every seed and trial (
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from harness.haystack import HaystackSource
 
@@ -72,4 +73,4 @@ class LineSource:
         return ids, sorted(set(bounds) | {n_tokens}), len(self.used)
 
 
-__all__ = ["FILLER_TEXT", "filler_fingerprint", "FillerSource", "LineSource"]
+__all__ = ["FILLER_TEXT", "FillerSource", "LineSource", "filler_fingerprint"]

@@ -58,6 +58,14 @@ def param_infos(task) -> list[ParamInfo]:
 
 
 def _field_docs(cls) -> dict[str, str]:
+    """Field docs along the dataclass hierarchy (a preset's Params inherits its parent's documentation)."""
+    docs: dict[str, str] = {}
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
     """The string literal right under each annotated field of a class (first line), from its source."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
