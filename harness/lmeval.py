@@ -133,10 +133,10 @@ class LchLM(HFLM):
 
         from harness.loading import load_described
 
-        args = {k: v for k, v in dict(pretrained=pretrained, attention=attention, rope_theta=rope_theta,
-                                      training_length=training_length, dtype=dtype, device=device,
-                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).items()
-                if v is not None}
+        given = {"pretrained": pretrained, "attention": attention, "rope_theta": rope_theta,
+                 "training_length": training_length, "dtype": dtype, "device": device,
+                 "allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+        args = {k: v for k, v in given.items() if v is not None}
         info = describe(args, _lm_eval_device)
         self._max_gen_toks = _int_arg("max_gen_toks", max_gen_toks)
         max_length = _int_arg("max_length", max_length, minimum=2)
@@ -220,7 +220,11 @@ class LchLM(HFLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations with harness.decode (the loaded attention variant), cut at the first stop string."""
-        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+        from lm_eval.models.utils import (
+            handle_stop_sequences,
+            normalize_gen_kwargs,
+            postprocess_generated_text,
+        )
         from tqdm import tqdm
 
         from harness.decode import greedy_answer
@@ -243,7 +247,7 @@ class LchLM(HFLM):
             ids = self.tok_encode(context, left_truncate_len=room)
             stops = [s for s in until if s]
 
-            def stop(tokens: list[int]) -> bool:
+            def stop(tokens: list[int], stops=stops) -> bool:
                 text = self.tok_decode(tokens)
                 return any(s in text for s in stops)
 
@@ -254,4 +258,4 @@ class LchLM(HFLM):
         return out
 
 
-__all__ = ["LchLM", "MODEL_ARGS", "check_model_args", "describe"]
+__all__ = ["MODEL_ARGS", "LchLM", "check_model_args", "describe"]

@@ -24,7 +24,7 @@ def main(args: list[str]) -> int:
     except ImportError as e:
         raise UserError("`lch lm-eval` needs lm-evaluation-harness: pip install 'long-context-harness[lmeval]' "
                         f"({e})") from None
-    import harness.lmeval  # registers the `lch` model
+    import harness.lmeval  # noqa: F401  (registers the `lch` model)
 
     preflight(args)
     saved = sys.argv

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import pytest
 pytest.importorskip("lm_eval")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import torch
+from typer.testing import CliRunner
 
-from harness.cli import app  # noqa: E402
+from harness.cli import app
 
 DATA = Path(__file__).parent / "data" / "lmeval"
 DOCS = [json.loads(line)["text"] for line in (DATA / "docs.jsonl").read_text().splitlines() if line.strip()]
@@ -38,6 +39,11 @@ def only_local_tasks(monkeypatch):
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(TaskManager, "__init__", init)
+    # lm-eval's CLI adds a stderr handler to its logger; under CliRunner that stream closes after the call
+    logger = logging.getLogger("lm_eval")
+    handlers = list(logger.handlers)
+    yield
+    logger.handlers[:] = handlers
 
 
 def lch_totals(path, attention=None, rope_theta=None):
@@ -151,7 +157,7 @@ def test_lch_lm_eval_runs_local_tasks_and_writes_results(checkpoint, tmp_path, o
     ("pretrained={ckpt},attention=ssmax(q=1)", "attention spec 'ssmax(q=1)'"),
     ("pretrained={ckpt},rope_theta=abc", "rope_theta must be a number"),
 ])
-def test_bad_model_args_are_one_line(checkpoint, model_args, expected):
+def test_bad_model_args_are_one_line(checkpoint, model_args, expected, only_local_tasks):
     res = runner.invoke(app, ["lm-eval", "--model", "lch", "--model_args", model_args.format(ckpt=checkpoint),
                               "--tasks", "lch_tiny_ppl", "--include_path", str(DATA)])
     lines = res.stderr.strip().splitlines()
@@ -160,8 +166,12 @@ def test_bad_model_args_are_one_line(checkpoint, model_args, expected):
 
 def test_bad_model_args_through_simple_evaluate_are_a_user_error(checkpoint):
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
+    import harness.lmeval  # noqa: F401  (registers `lch` for simple_evaluate)
     from harness.errors import UserError
 
+    tasks = TaskManager(include_path=str(DATA), include_defaults=False)
     with pytest.raises(UserError, match="unknown lch model_args key 'rope_base'"):
-        lm_eval.simple_evaluate(model="lch", model_args=f"pretrained={checkpoint},rope_base=5", tasks=[])
+        lm_eval.simple_evaluate(model="lch", model_args=f"pretrained={checkpoint},rope_base=5",
+                                tasks=["lch_tiny_ppl"], task_manager=tasks)
