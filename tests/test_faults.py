@@ -90,40 +90,55 @@ def check(model, out, reference, *, damaged: int = 0):
 # ------------------------------------------------------------------------------------------ kills
 
 
-def _killed_child(model, out, target: str, nth: int, sig: int) -> int:
-    """Run the grid in a forked child that sends itself `sig` at the nth write of a file named `target`
-    (temp file written, not yet renamed); return the child's wait status."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            real, seen = atomic.atomic_write, Counter()
+def _child(model, out, kills) -> None:
+    """In a forkserver child: run the grid, sending this process signal s at the nth write of file t
+    for each (t, n, s) in `kills` (temp file written, not yet renamed)."""
+    real, seen = atomic.atomic_write, Counter()
 
-            def hooked(path, write):
-                path = Path(path)
-                name = "cell" if path.parent.name == "cells" else path.name
-                seen[name] += 1
+    def hooked(path, write):
+        path = Path(path)
+        name = "cell" if path.parent.name == "cells" else path.name
+        seen[name] += 1
 
-                def write_then_die(tmp):
-                    write(tmp)
-                    if name == target and seen[name] == nth:
-                        os.kill(os.getpid(), sig)
+        def write_then_signal(tmp):
+            write(tmp)
+            for target, nth, sig in kills:
+                if name == target and seen[name] == nth:
+                    os.kill(os.getpid(), sig)
 
-                real(path, write_then_die)
+        real(path, write_then_signal)
 
-            atomic.atomic_write = hooked
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-            try:
-                rerun(model, out)
-                code = 0
-            except RunInterrupted:
-                code = 130
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
+    atomic.atomic_write = hooked
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    try:
+        rerun(model, out)
+    except RunInterrupted:
+        sys.exit(130)
+
+
+_CTX = None
+
+
+def _killed_child(model, out, kills) -> int:
+    """Run `_child` in a fresh process forked from a server that has imported torch but run nothing
+    (so forking is safe and a fault costs no interpreter start); return its exit code (-signal if killed)."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing
+
+        _CTX = multiprocessing.get_context("forkserver")
+        _CTX.set_forkserver_preload(["torch", "transformers", "tests.tiny", "transformers.models.llama.modeling_llama",
+                                     "tests.fake_tasks", "harness.runner", "harness.loading", "harness.checkpoint",
+                                     "harness.attention", "tqdm.auto",
+                                     "tests.test_faults"])
+    proc = _CTX.Process(target=_child, args=(model, out, kills))
+    proc.start()
+    proc.join(300)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        raise AssertionError("the child hung")
+    return proc.exitcode
 
 
 KILLS = [  # (file written when the signal arrives, which write of it, signal)
@@ -144,10 +159,10 @@ KILLS = [  # (file written when the signal arrives, which write of it, signal)
 
 @pytest.mark.parametrize("target,nth,sig", KILLS, ids=[f"{s.name}-{t}-{n}" for t, n, s in KILLS])
 def test_killed_run_resumes(model, reference, tmp_path, target, nth, sig):
-    status = _killed_child(model, tmp_path, target, nth, sig)
+    code = _killed_child(model, tmp_path, [(target, nth, sig)])
     run_dir = tmp_path / "r"
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == sig
+    if code < 0:
+        assert code == -sig
         end = f"killed by {sig.name}"
         if target in ("cell", "manifest.json") and nth == 1:
             assert list(run_dir.rglob("*.tmp")), "a half-written temp file is left behind"
@@ -155,7 +170,7 @@ def test_killed_run_resumes(model, reference, tmp_path, target, nth, sig):
             res = CliRunner().invoke(app, ["plot", str(run_dir)])
             assert res.exit_code == 2 and "error:" in res.output, res.output
     else:
-        assert sig == signal.SIGTERM and os.WEXITSTATUS(status) == 130
+        assert sig == signal.SIGTERM and code == 130
         assert results.read_manifest(run_dir)["status"] == "interrupted"
         assert results.read_manifest(run_dir)["cells_done"] == nth  # the cell in flight was saved
         end = "stopped after the cell in flight (interrupted)"
@@ -169,39 +184,14 @@ def test_killed_run_resumes(model, reference, tmp_path, target, nth, sig):
 
 def test_sigterm_then_sigkill_while_interrupted_run_assembles(model, reference, tmp_path):
     # SIGTERM during cell 1 stops the loop; the interrupted run is then SIGKILLed writing its manifest.
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            real, n = atomic.atomic_write, Counter()
-
-            def hooked(path, write):
-                name = "cell" if Path(path).parent.name == "cells" else Path(path).name
-                n[name] += 1
-
-                def w(tmp):
-                    write(tmp)
-                    if name == "cell" and n[name] == 1:
-                        os.kill(os.getpid(), signal.SIGTERM)
-                    if name == "manifest.json" and n[name] == 2:
-                        os.kill(os.getpid(), signal.SIGKILL)
-
-                real(path, w)
-
-            atomic.atomic_write = hooked
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-            rerun(model, tmp_path)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    code = _killed_child(model, tmp_path, [("cell", 1, signal.SIGTERM), ("manifest.json", 2, signal.SIGKILL)])
+    assert code == -signal.SIGKILL
     rerun(model, tmp_path)
     check(model, tmp_path, reference)
     FAULTS[("SIGTERM in a cell, then SIGKILL in its manifest", "killed, resumed")] += 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGKILL through `lch`: tests/test_runner.py
 def test_cli_subprocess_killed_during_cells_resumes(model, reference, tmp_path, sig):
     """The real `lch run` in its own interpreter: the fake task signals itself during a length-12 cell."""
     args = [sys.executable, "-c", CLI, "run", "fake", "--model", str(model), "--out", str(tmp_path), "--name", "r",

@@ -59,8 +59,10 @@ class RunPlan:
         return self.run_dir / "cells" / f"{cell.key}.json"
 
     def pending(self) -> list[Cell]:
-        """Cells not finished yet."""
-        return [c for c in self.cells if not self.cell_path(c).exists()]
+        """Cells not finished yet (no cell file that parses with its key and tables: rundir.load_cell)."""
+        from harness.runner.rundir import load_cell
+
+        return [c for c in self.cells if load_cell(self.cell_path(c), c.key) is None]
 
 
 def content_hash(obj) -> str:
