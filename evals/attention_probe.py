@@ -15,11 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from evals.needle import NeedleParams, NeedleTask, prompt_record, score
 from harness.decode import digits_settled, greedy_answer
 from harness.task import register_task
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fading_points(length: int) -> list[int]:

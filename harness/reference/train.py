@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.reference import VARIANTS
 from harness.reference.data import Mixture, RowMaker, TokenStream
 from harness.reference.shapes import ModelShape, TrainConfig
 

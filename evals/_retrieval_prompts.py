@@ -1,0 +1,288 @@
+"""Prompt material of the retrieval family: keys and values, needle lines, questions, answers, scoring.
+
+Pure functions of (params, tokenizer, seed, trial); the task is in evals/retrieval.py, the presets in
+evals/retrieval_presets.py. Imports no torch.
+"""
+
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import UserError
+from harness.filler import LineSource
+from harness.haystack import check_depth, encode
+from harness.prompts import Insert, PromptFrame, build_prompt
+
+if TYPE_CHECKING:
+    from evals.retrieval import RetrievalParams
+
+KINDS = ("word", "number", "uuid")
+"""Key and value kinds: word (adjective-noun), number (7 digits, first never 0), uuid (version 4)."""
+HAYSTACKS = ("corpus", "filler", "needles")
+"""corpus: text of `corpus`; filler: repeated filler sentences; needles: distractor needles only."""
+STYLES = ("niah", "passkey")
+"""niah: keyed needles ("One hidden number of K is V."); passkey: one unkeyed "The pass key is V." line."""
+NUMBER_DIGITS = 7
+MIN_NEEDLE_TOKENS = 6  # no tokenizer we know puts a needle line in fewer tokens (exact check: when building)
+
+ADJECTIVES = (
+    "amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lanky",
+    "mellow", "narrow", "olive", "pale", "quiet", "rusty", "silent", "tidy", "upper", "vivid", "wary", "young",
+    "bold", "crisp", "dim", "early", "fuzzy", "grand", "hasty", "idle", "jagged", "kind", "loud", "misty",
+    "noble", "odd", "proud", "rapid",
+)
+NOUNS = (
+    "anchor", "basket", "candle", "desert", "engine", "falcon", "garden", "harbor", "island", "jacket",
+    "kettle", "ladder", "meadow", "needle", "orchard", "pepper", "quarry", "river", "saddle", "tunnel",
+    "valley", "wagon", "willow", "yard", "bridge", "castle", "dragon", "feather", "glacier", "hammer",
+    "lantern", "marble", "nest", "oyster", "pillow", "rocket", "shovel", "teapot", "violin", "window",
+    "acorn", "button", "cobweb", "dolphin", "ember", "fountain", "goblet", "helmet", "iris", "jungle",
+    "kitten", "lemon", "mirror", "napkin", "otter", "pebble", "ribbon", "spoon", "thimble", "umbrella",
+)
+VALUE_NOUN = {"number": "number", "uuid": "code", "word": "word"}
+
+PREAMBLE = {
+    "niah": "Hidden {noun}s are scattered through the text below. Remember them: a question about them follows.\n",
+    "passkey": "Somewhere in the filler below there is one pass key. Find it and keep it in mind; you will be asked for it.\n",
+}
+
+
+def draw_item(kind: str, rng: random.Random, used: set) -> str:
+    """A fresh key or value of `kind` (never one in `used`, which it joins); UserError if words run out."""
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    for _ in range(10_000):
+        if kind == "number":
+            item = str(rng.randint(10 ** (NUMBER_DIGITS - 1), 10**NUMBER_DIGITS - 1))
+        elif kind == "uuid":
+            item = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        else:
+            item = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+        if item not in used:
+            used.add(item)
+            return item
+    raise UserError(f"ran out of distinct {kind} keys/values ({len(used)} drawn); use key_kind=uuid or fewer needles")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The needles of one (seed, trial): keys (asked first), their values, and where the other needles go."""
+
+    keys: tuple[str, ...]
+    """every key with needles; the first `queries` are asked, the rest are distractors"""
+    values: tuple[tuple[str, ...], ...]
+    """values per key (same order as keys)"""
+    queries: int
+    """how many of the keys are asked"""
+    spread: tuple[float, ...]
+    """depths of the needles after the first (key 0, value 0), in needle order (key-major)"""
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        return self.keys[: self.queries]
+
+    @property
+    def distractors(self) -> tuple[str, ...]:
+        return self.keys[self.queries:]
+
+
+def draw(params: RetrievalParams, trial: int) -> Draw:
+    """Keys, values and the spread of the non-primary needles for (params.seed, trial): any length, any depth."""
+    rng = random.Random(f"lch-retrieval:{params.seed}:{trial}:{params.key_kind}:{params.value_kind}")
+    used: set = set()
+    n_keys = params.keys
+    keys = tuple("pass key" if params.style == "passkey" else draw_item(params.key_kind, rng, used)
+                 for _ in range(n_keys))
+    values = tuple(tuple(draw_item(params.value_kind, rng, used) for _ in range(params.values)) for _ in keys)
+    others = n_keys * params.values - 1
+    spread = [(i + 0.5) / others for i in range(others)]
+    rng.shuffle(spread)
+    return Draw(keys, values, params.queries, tuple(spread))
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+@dataclass(frozen=True)
+class RetrievalPrompt:
+    """A token-exact retrieval prompt, its gold answer, and every value placed in it."""
+
+    input_ids: tuple[int, ...]
+    """prompt token ids, exactly `context_length` of them; the answer prefix ends them"""
+    answer_ids: tuple[int, ...]
+    """gold continuation " v1, v2." as token ids (teacher-forced for answer_nll)"""
+    answer_value_spans: tuple[tuple[int, int], ...]
+    """[start, end) of each asked value's tokens within answer_ids"""
+    first_value_token: int
+    """index in answer_ids of the first token holding a character of the first value (not a lone space)"""
+    asked_keys: tuple[str, ...]
+    """keys the question asks for"""
+    asked_values: tuple[str, ...]
+    """the gold values, in answer order"""
+    distractor_keys: tuple[str, ...]
+    """keys of the inserted distractor needles"""
+    placed_values: tuple[str, ...]
+    """every value in the prompt (inserted needles, then haystack needles)"""
+    value_spans: tuple[tuple[str, int, int], ...]
+    """(value, start, end) of each inserted needle's value tokens in input_ids"""
+    depth: float
+    """requested depth of the asked key's first needle"""
+    context_length: int
+    """requested (and actual) prompt length"""
+    needle_start: int
+    """index of the asked key's first needle's first token"""
+    adjustments: tuple[str, ...]
+    """one line per piece that was moved or cut to hit the exact length or a boundary"""
+
+
+def _needle_pieces(style: str, value_kind: str, key: str) -> tuple[str, str]:
+    """(text before the value, text after it) of a needle line."""
+    if style == "passkey":
+        return "The pass key is", ". Remember it.\n"
+    return f"One hidden {VALUE_NOUN[value_kind]} of {key} is", ".\n"
+
+
+def needle_ids(tokenizer: Any, style: str, value_kind: str, key: str, value: str) -> tuple[list[int], tuple[int, int]]:
+    """A needle line as ids (before, value, after tokenised apart: the value keeps its own tokens) and its value span."""
+    head, tail = _needle_pieces(style, value_kind, key)
+    a, v, b = encode(tokenizer, head), encode(tokenizer, " " + value), encode(tokenizer, tail)
+    return a + v + b, (len(a), len(a) + len(v))
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def question_and_prefix(style: str, value_kind: str, asked: Sequence[str], n_values: int) -> tuple[str, str]:
+    """(question after the haystack, answer prefix that ends the prompt)."""
+    if style == "passkey":
+        return "\n\nQuestion: What is the pass key?", "The pass key is"
+    noun = VALUE_NOUN[value_kind]
+    if len(asked) == 1 and n_values == 1:
+        return f"\n\nQuestion: What is the hidden {noun} of {asked[0]}?", f"The hidden {noun} of {asked[0]} is"
+    keys = _join(list(asked))
+    every = "all " if n_values > 1 else ""
+    return f"\n\nQuestion: What are {every}the hidden {noun}s of {keys}?", f"The hidden {noun}s of {keys} are"
+
+
+def answer_ids(tokenizer: Any, values: Sequence[str]) -> tuple[list[int], tuple[tuple[int, int], ...]]:
+    """Gold answer " v1, v2, v3." as ids (each value tokenised on its own) and each value's span."""
+    ids: list[int] = []
+    spans = []
+    for i, value in enumerate(values):
+        if i:
+            ids += encode(tokenizer, ",")
+        piece = encode(tokenizer, " " + value)
+        spans.append((len(ids), len(ids) + len(piece)))
+        ids += piece
+    ids += encode(tokenizer, ".")
+    return ids, tuple(spans)
+
+
+def parse_values(text: str) -> list[str]:
+    """Values in a generated answer: up to the first '.' or newline, split on ',' (and ' and ')."""
+    head = re.split(r"[.\n]", text.lstrip(" "), maxsplit=1)[0]
+    parts = re.split(r",| and ", head)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def answer_settled(tokenizer) -> Any:
+    """Stop rule for greedy decoding: the answer has reached its '.' or a newline (the parse cannot change)."""
+    def stop(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens).lstrip(" ")
+        return bool(re.search(r"[.\n]", text))
+    return stop
+
+
+def score(prompt: RetrievalPrompt, generated_ids: Sequence[int], generated_text: str) -> dict:
+    """prediction, correct (every asked value back), recall (fraction back), first_token_correct."""
+    pred = parse_values(generated_text)
+    gold = list(prompt.asked_values)
+    hits = sum(1 for v in gold if v in pred)
+    first_end = prompt.first_value_token + 1  # up to and including the first value's first real token
+    return {"prediction": ", ".join(pred), "correct": hits == len(gold), "recall": hits / len(gold),
+            "first_token_correct": list(generated_ids[:first_end]) == list(prompt.answer_ids[:first_end])}
+
+
+@dataclass(frozen=True)
+class RetrievalState:
+    """What a model's cells share: the haystack source (corpus or filler) and the prompt frame."""
+
+    source: object
+    """HaystackSource of the corpus, or a FillerSource (also the padding of a needles haystack)"""
+    frame: PromptFrame
+    """harness.prompts.PromptFrame (plain or chat)"""
+
+
+def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: RetrievalState, length: int,
+                           depth: float, trial: int) -> RetrievalPrompt:
+    """The prompt of one (length, depth, trial): pure and deterministic in (params, trial, length, depth)."""
+    depth = check_depth(depth)
+    d = draw(params, trial)
+    style, vk = params.style, params.value_kind
+    inserts, order = [], []
+    spread = iter(d.spread)
+    for k, key in enumerate(d.keys):
+        for j, value in enumerate(d.values[k]):
+            ids, (a, b) = needle_ids(tokenizer, style, vk, key, value)
+            at = depth if (k, j) == (0, 0) else next(spread)
+            inserts.append(Insert(tuple(ids), at, (("value", a, b),)))
+            order.append((k, j))
+    question, prefix_text = question_and_prefix(style, vk, d.asked, params.values)
+    prefix = list(state.frame.head) + encode(tokenizer, PREAMBLE[style].format(noun=VALUE_NOUN[vk]))
+    suffix = state.frame.suffix(tokenizer, question, prefix_text)
+    fixed = len(prefix) + sum(len(i.ids) for i in inserts) + len(suffix)
+    if fixed > length:
+        raise UserError(f"context length {length} cannot hold {len(inserts)} needle(s) ({params.keys} key(s) x "
+                        f"{params.values} value(s)) with the preamble and question: they take {fixed} tokens; "
+                        f"use fewer keys/values or lengths >= {fixed}")
+    source = state.source
+    if params.haystack == "needles":
+        source = LineSource(lambda: _haystack_needles(params, tokenizer, d, trial), state.source, name="needles")
+    built = build_prompt(source, int(length), prefix=prefix, inserts=inserts, suffix=suffix, seed=params.seed,
+                         trial=int(trial))
+    value_spans = []
+    for (k, j), spans in zip(order, built.spans):
+        s, e = spans["value"]
+        value_spans.append((d.values[k][j], s, e))
+    placed = [v for v, _, _ in value_spans] + list(getattr(source, "used", []) if params.haystack == "needles" else [])
+    # gold order: asked keys in question order, each key's values in prompt order
+    starts = {(k, j): built.starts[i] for i, (k, j) in enumerate(order)}
+    gold = [d.values[k][j] for k in range(d.queries)
+            for j in sorted(range(params.values), key=lambda j, k=k: starts[(k, j)])]
+    ans, ans_spans = answer_ids(tokenizer, gold)
+    first = next((i for i in range(*ans_spans[0]) if tokenizer.decode([ans[i]]).strip()), ans_spans[0][0])
+    return RetrievalPrompt(
+        input_ids=built.input_ids, answer_ids=tuple(ans), answer_value_spans=ans_spans,
+        first_value_token=first, asked_keys=d.asked,
+        asked_values=tuple(gold), distractor_keys=d.distractors, placed_values=tuple(placed),
+        value_spans=tuple(value_spans), depth=depth, context_length=int(length), needle_start=built.starts[0],
+        adjustments=built.adjustments,
+    )
+
+
+def _haystack_needles(params: RetrievalParams, tokenizer: Any, d: Draw, trial: int):
+    """Distractor needle lines for a needles haystack: fresh keys and values, never an inserted one."""
+    rng = random.Random(f"lch-retrieval-haystack:{params.seed}:{trial}:{params.key_kind}:{params.value_kind}")
+    used = set(d.keys) | {v for vs in d.values for v in vs}
+    while True:
+        try:
+            key, value = draw_item(params.key_kind, rng, used), draw_item(params.value_kind, rng, used)
+        except UserError:
+            return  # the word pool ran out: the rest of the haystack is filler
+        ids, _ = needle_ids(tokenizer, params.style, params.value_kind, key, value)
+        yield ids, value
+
+
+# --------------------------------------------------------------------------------------------- task
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name}={value!r} is not allowed; use an integer >= 1")
