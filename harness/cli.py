@@ -264,11 +264,11 @@ def heatmap(
     run_dir: Annotated[Path, typer.Argument(help="a needle run directory (or a folder of runs)")],
     out: Annotated[Optional[Path], typer.Option(help="PNG file (default RUN_DIR/figures/needle_heatmap.png)")] = None,
 ):
-    """Needle heatmaps of a run (accuracy over context length x depth)."""
-    from harness.plots import draw_needle_heatmaps as draw
+    """Needle heatmaps of a run, or one per preset of a retrieval run (accuracy over context length x depth)."""
+    from harness.plots import draw_heatmaps
     from harness.results import require_tables
     require_tables(run_dir)
-    typer.echo(str(draw(run_dir, out)))
+    typer.echo("\n".join(str(p) for p in draw_heatmaps(run_dir, out)))
 
 
 @app.command()

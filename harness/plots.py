@@ -121,6 +121,35 @@ def draw_needle_heatmaps(run_dir, out_file=None) -> Path:
     return out
 
 
+def draw_heatmaps(run_dir, out_file=None) -> list[Path]:
+    """`lch heatmap RUN_DIR`: the needle heatmaps, or one retrieval heatmap per preset (`<out>_<preset>.png`)."""
+    from harness import results
+    from harness.errors import UserError
+
+    run_dir = Path(run_dir)
+    tables = results.load(run_dir)
+    if tables.get("needle") is not None and not tables["needle"].empty:
+        return [draw_needle_heatmaps(run_dir, out_file)]
+    df = tables.get("retrieval")
+    if df is None or df.empty:
+        raise UserError(f"{run_dir}: no needle or retrieval results to draw (tables/needle.parquet, tables/retrieval.parquet)")
+    manifests = [results.read_manifest(d) for d in ([run_dir] if (run_dir / results.MANIFEST).is_file()
+                                                    else sorted(p.parent for p in run_dir.glob(f"*/{results.MANIFEST}")))]
+    train = {}
+    for manifest in manifests:
+        train.update(training_lengths(manifest))
+    base = Path(out_file) if out_file else run_dir / "figures" / "retrieval_heatmap.png"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task, part in df.groupby("task", sort=True):
+        fig = needle_heatmap_figure(part, train_lengths=train, suptitle=str(task))
+        fig.axes[-1].set_ylabel("accuracy (every asked value)")  # the shared colorbar
+        out = base.with_name(f"{base.stem}_{task}{base.suffix or '.png'}")
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+        paths.append(out)
+    return paths
+
+
 # ------------------------------------------------------------------------------- position loss curves
 
 

@@ -225,6 +225,10 @@ def test_every_preset_end_to_end(tiny_checkpoint, corpus_dir, tmp_path):
         assert {"accuracy", "recall", "n"} <= set(tables["retrieval_summary"].columns)
         assert "effective_length" in tables["retrieval_effective_length"]
         assert (run / "figures" / f"retrieval_heatmap_{name}.png").is_file()
+        if name == "passkey":  # `lch heatmap` draws a retrieval run too, one file per preset
+            drawn = CliRunner().invoke(app, ["heatmap", str(run), "--out", str(tmp_path / "hm.png")])
+            assert drawn.exit_code == 0, drawn.output
+            assert drawn.output.strip() == str(tmp_path / "hm_passkey.png") and (tmp_path / "hm_passkey.png").is_file()
     res = CliRunner().invoke(app, ["run", "niah_multiquery", "--model", str(ckpt), "--out", str(tmp_path),
                                    "-T", "queries=5", "-T", "keys=2"])
     assert res.exit_code == 2
