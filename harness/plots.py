@@ -100,6 +100,18 @@ def needle_heatmap_figure(df, *, train_lengths=None, suptitle=None, ncols=None) 
     return fig
 
 
+def run_training_lengths(run_dir: Path) -> dict:
+    """{model name: training length} over a run directory's manifest, or every run's in a folder of runs."""
+    from harness import results
+
+    dirs = [run_dir] if (run_dir / results.MANIFEST).is_file() else sorted(
+        p.parent for p in run_dir.glob(f"*/{results.MANIFEST}"))
+    train = {}
+    for d in dirs:
+        train.update(training_lengths(results.read_manifest(d)))
+    return train
+
+
 def draw_needle_heatmaps(run_dir, out_file=None) -> Path:
     """Draw the needle heatmaps of a run (`lch heatmap RUN_DIR`); default RUN_DIR/figures/needle_heatmap.png."""
     from harness import results
@@ -110,11 +122,7 @@ def draw_needle_heatmaps(run_dir, out_file=None) -> Path:
     df = tables.get("needle")
     if df is None or df.empty:
         raise UserError(f"{run_dir}: no needle results (tables/needle.parquet is missing or empty)")
-    manifests = [results.read_manifest(d) for d in ([run_dir] if (run_dir / results.MANIFEST).is_file()
-                                                    else sorted(p.parent for p in run_dir.glob(f"*/{results.MANIFEST}")))]
-    train = {}
-    for manifest in manifests:
-        train.update(training_lengths(manifest))
+    train = run_training_lengths(run_dir)
     out = Path(out_file) if out_file else run_dir / "figures" / "needle_heatmap.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     needle_heatmap_figure(df, train_lengths=train).savefig(out, dpi=120, bbox_inches="tight")
@@ -133,11 +141,7 @@ def draw_heatmaps(run_dir, out_file=None) -> list[Path]:
     df = tables.get("retrieval")
     if df is None or df.empty:
         raise UserError(f"{run_dir}: no needle or retrieval results to draw (tables/needle.parquet, tables/retrieval.parquet)")
-    manifests = [results.read_manifest(d) for d in ([run_dir] if (run_dir / results.MANIFEST).is_file()
-                                                    else sorted(p.parent for p in run_dir.glob(f"*/{results.MANIFEST}")))]
-    train = {}
-    for manifest in manifests:
-        train.update(training_lengths(manifest))
+    train = run_training_lengths(run_dir)
     base = Path(out_file) if out_file else run_dir / "figures" / "retrieval_heatmap.png"
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = []
