@@ -17,7 +17,7 @@ from harness.decode import digits_settled, parse_digits, score_prompt
 from harness.errors import UserError
 from harness.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
 from harness.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
-from harness.tables import effective_length, model_columns
+from harness.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 
 
@@ -177,7 +177,6 @@ class NeedleTask(Task):
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:
         """needle_summary (accuracy per model, attention, theta and length) and needle_effective_length."""
-        import pandas as pd
 
         df = tables.get("needle")
         if df is None or df.empty:
@@ -187,13 +186,7 @@ class NeedleTask(Task):
                    .agg(accuracy=("correct", "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
                         answer_nll=("answer_nll", "mean"), n=("correct", "size"))
                    .reset_index())
-        rows = []
-        for group, part in (summary.groupby(keys, dropna=False) if keys else [((), summary)]):
-            group = group if isinstance(group, tuple) else (group,)
-            acc = dict(zip(part["context_length"].astype(int), part["accuracy"]))
-            rows.append({**dict(zip(keys, group)), "effective_length": effective_length(acc, params.threshold),
-                         "threshold": params.threshold, "max_length": max(acc)})
-        return {"needle_summary": summary, "needle_effective_length": pd.DataFrame(rows)}
+        return {"needle_summary": summary, "needle_effective_length": effective_lengths(summary, keys, params.threshold)}
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """needle_heatmap.png: one panel per (model, attention, theta)."""

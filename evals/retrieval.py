@@ -24,7 +24,7 @@ from harness.errors import UserError
 from harness.filler import FillerSource, filler_fingerprint
 from harness.haystack import check_depth, haystack_source
 from harness.prompts import TEMPLATES, prompt_frame
-from harness.tables import effective_length, model_columns
+from harness.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 from evals._retrieval_prompts import (KINDS, HAYSTACKS, STYLES, NUMBER_DIGITS, MIN_NEEDLE_TOKENS, ADJECTIVES, NOUNS, VALUE_NOUN, PREAMBLE, draw_item, Draw, draw, RetrievalPrompt, _needle_pieces, needle_ids, _join, question_and_prefix, answer_ids, parse_values, answer_settled, score, RetrievalState, build_retrieval_prompt, _haystack_needles, _positive_int)  # noqa: F401 (re-exported)
 
@@ -181,7 +181,6 @@ class RetrievalTask(Task):
 
     def summarize(self, tables: dict, params: RetrievalParams) -> dict:
         """retrieval_summary per (model, attention, theta, task, length) and retrieval_effective_length."""
-        import pandas as pd
 
         df = tables.get("retrieval")
         if df is None or df.empty:
@@ -192,13 +191,7 @@ class RetrievalTask(Task):
                         first_token_accuracy=("first_token_correct", "mean"), answer_nll=("answer_nll", "mean"),
                         n=("correct", "size"))
                    .reset_index())
-        rows = []
-        for group, part in summary.groupby(keys, dropna=False):
-            group = group if isinstance(group, tuple) else (group,)
-            acc = dict(zip(part["context_length"].astype(int), part["accuracy"]))
-            rows.append({**dict(zip(keys, group)), "effective_length": effective_length(acc, params.threshold),
-                         "threshold": params.threshold, "max_length": max(acc)})
-        return {"retrieval_summary": summary, "retrieval_effective_length": pd.DataFrame(rows)}
+        return {"retrieval_summary": summary, "retrieval_effective_length": effective_lengths(summary, keys, params.threshold)}
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """retrieval_heatmap_<task>.png per preset: accuracy over length x depth, one panel per model."""

@@ -26,6 +26,17 @@ def effective_length(accuracy_by_length: dict[int, float], threshold: float) -> 
     return best
 
 
+def effective_lengths(summary, keys: list[str], threshold: float) -> pd.DataFrame:
+    """Per group of `keys` in an accuracy-by-context_length summary: effective_length, threshold, max_length."""
+    rows = []
+    for group, part in (summary.groupby(keys, dropna=False) if keys else [((), summary)]):
+        group = group if isinstance(group, tuple) else (group,)
+        acc = dict(zip(part["context_length"].astype(int), part["accuracy"]))
+        rows.append({**dict(zip(keys, group)), "effective_length": effective_length(acc, threshold),
+                     "threshold": threshold, "max_length": max(acc)})
+    return pd.DataFrame(rows)
+
+
 def needle_accuracy_grid(df):
     """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
     grid = df.assign(correct=df["correct"].astype(float)).pivot_table(
