@@ -1,152 +1,61 @@
-"""The retrieval family's named presets (RULER's needle variants and passkey): Params that change defaults."""
+"""The retrieval family's named presets (RULER's needle variants and passkey): the retrieval task with other defaults.
+
+Each preset is its own task name (`lch run passkey ...`); its Params subclass RetrievalParams and change
+only defaults, so every parameter stays settable with -T and keeps RetrievalParams' documentation.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 from evals.retrieval import RetrievalParams, RetrievalTask
 from harness.task import register_task
 
+UUID_ROOM = {"max_new_tokens": 8}  # a uuid answer may need more tokens than its gold tokenisation
 
-@dataclass(frozen=True)
-class NiahSingle1Params(RetrievalParams):
-    """niah_single_1 defaults."""
-
-    haystack: str = "filler"
-    """What surrounds the needles: corpus, filler (repeated filler sentences: this preset) or needles."""
-
-
-@register_task("niah_single_1")
-class NiahSingle1(RetrievalTask):
-    """RULER niah_single_1: one keyed 7-digit number in repeated filler sentences."""
-
-    Params = NiahSingle1Params
-
-
-@register_task("niah_single_2")
-class NiahSingle2(RetrievalTask):
-    """RULER niah_single_2: one keyed 7-digit number in corpus text (essay-style haystack)."""
-
-    Params = RetrievalParams
-
-
-@dataclass(frozen=True)
-class NiahSingle3Params(RetrievalParams):
-    """niah_single_3 defaults."""
-
-    value_kind: str = "uuid"
-    """Kind of the values: word, number or uuid (this preset)."""
-    max_new_tokens: int = 8
-    """Tokens greedy decoding may generate beyond the gold answer's length."""
+PRESET_TABLE: tuple[tuple[str, str, dict], ...] = (
+    ("niah_single_1", "RULER niah_single_1: one keyed 7-digit number in repeated filler sentences.",
+     {"haystack": "filler"}),
+    ("niah_single_2", "RULER niah_single_2: one keyed 7-digit number in corpus text (essay-style haystack).", {}),
+    ("niah_single_3", "RULER niah_single_3: one keyed uuid in corpus text.", {"value_kind": "uuid", **UUID_ROOM}),
+    ("niah_multikey_1", "RULER niah_multikey_1: the asked needle among distractor needles with other keys, in "
+                        "corpus text.", {"keys": 4}),
+    ("niah_multikey_2", "RULER niah_multikey_2: a haystack made only of distractor needles (word keys, number "
+                        "values).", {"haystack": "needles"}),
+    ("niah_multikey_3", "RULER niah_multikey_3: uuid keys and uuid values, a haystack of distractor needles only.",
+     {"haystack": "needles", "key_kind": "uuid", "value_kind": "uuid", **UUID_ROOM}),
+    ("niah_multivalue", "RULER niah_multivalue: one key with 4 values in corpus text; every value must come back.",
+     {"values": 4}),
+    ("niah_multiquery", "RULER niah_multiquery: 4 keys asked at once in corpus text; every value must come back.",
+     {"keys": 4, "queries": 4}),
+    ("passkey", "Passkey retrieval (Mohtashami & Jaggi 2023): one pass key line in repeated filler text.",
+     {"style": "passkey", "haystack": "filler"}),
+)
+"""(task name, one-line description, defaults that differ from RetrievalParams) per preset."""
 
 
-@register_task("niah_single_3")
-class NiahSingle3(RetrievalTask):
-    """RULER niah_single_3: one keyed uuid in corpus text."""
-
-    Params = NiahSingle3Params
-
-
-@dataclass(frozen=True)
-class NiahMultikey1Params(RetrievalParams):
-    """niah_multikey_1 defaults."""
-
-    keys: int = 4
-    """Keys with needles in the prompt: the asked one plus 3 distractors with other keys."""
+def preset_params(name: str, defaults: dict) -> type:
+    """A frozen RetrievalParams subclass whose fields in `defaults` default to the given values."""
+    fields = {f.name: f for f in dataclasses.fields(RetrievalParams)}
+    unknown = set(defaults) - set(fields)
+    if unknown:
+        raise TypeError(f"preset {name}: RetrievalParams has no field(s) {sorted(unknown)}")
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    return dataclasses.make_dataclass(
+        f"{camel}Params", [(k, fields[k].type, dataclasses.field(default=v)) for k, v in defaults.items()],
+        bases=(RetrievalParams,), frozen=True, namespace={"__doc__": f"{name} defaults.", "__module__": __name__})
 
 
-@register_task("niah_multikey_1")
-class NiahMultikey1(RetrievalTask):
-    """RULER niah_multikey_1: the asked needle among distractor needles with other keys, in corpus text."""
-
-    Params = NiahMultikey1Params
-
-
-@dataclass(frozen=True)
-class NiahMultikey2Params(RetrievalParams):
-    """niah_multikey_2 defaults."""
-
-    haystack: str = "needles"
-    """What surrounds the needles: corpus, filler or needles (distractor needles only: this preset)."""
+def _register(name: str, about: str, defaults: dict) -> type:
+    """Register task `name`: RetrievalTask with the preset's Params."""
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    task = type(camel, (RetrievalTask,), {"__doc__": about, "__module__": __name__,
+                                          "Params": preset_params(name, defaults)})
+    return register_task(name)(task)
 
 
-@register_task("niah_multikey_2")
-class NiahMultikey2(RetrievalTask):
-    """RULER niah_multikey_2: a haystack made only of distractor needles (word keys, number values)."""
+for _name, _about, _defaults in PRESET_TABLE:
+    _register(_name, _about, _defaults)
 
-    Params = NiahMultikey2Params
-
-
-@dataclass(frozen=True)
-class NiahMultikey3Params(RetrievalParams):
-    """niah_multikey_3 defaults."""
-
-    haystack: str = "needles"
-    """What surrounds the needles: corpus, filler or needles (distractor needles only: this preset)."""
-    key_kind: str = "uuid"
-    """Kind of the keys: word, number or uuid (this preset)."""
-    value_kind: str = "uuid"
-    """Kind of the values: word, number or uuid (this preset)."""
-    max_new_tokens: int = 8
-    """Tokens greedy decoding may generate beyond the gold answer's length."""
-
-
-@register_task("niah_multikey_3")
-class NiahMultikey3(RetrievalTask):
-    """RULER niah_multikey_3: uuid keys and uuid values, a haystack of distractor needles only."""
-
-    Params = NiahMultikey3Params
-
-
-@dataclass(frozen=True)
-class NiahMultivalueParams(RetrievalParams):
-    """niah_multivalue defaults."""
-
-    values: int = 4
-    """Values (needles) per key; all 4 must come back."""
-
-
-@register_task("niah_multivalue")
-class NiahMultivalue(RetrievalTask):
-    """RULER niah_multivalue: one key with 4 values in corpus text; every value must come back."""
-
-    Params = NiahMultivalueParams
-
-
-@dataclass(frozen=True)
-class NiahMultiqueryParams(RetrievalParams):
-    """niah_multiquery defaults."""
-
-    keys: int = 4
-    """Keys with needles in the prompt (all of them asked here)."""
-    queries: int = 4
-    """Keys asked at once; at most `keys`."""
-
-
-@register_task("niah_multiquery")
-class NiahMultiquery(RetrievalTask):
-    """RULER niah_multiquery: 4 keys asked at once in corpus text; every value must come back."""
-
-    Params = NiahMultiqueryParams
-
-
-@dataclass(frozen=True)
-class PasskeyParams(RetrievalParams):
-    """passkey defaults."""
-
-    style: str = "passkey"
-    """passkey: one "The pass key is V." line (this preset); niah: keyed needles."""
-    haystack: str = "filler"
-    """What surrounds the pass key: filler (repeated filler sentences: this preset), corpus or needles."""
-
-
-@register_task("passkey")
-class Passkey(RetrievalTask):
-    """Passkey retrieval (Mohtashami & Jaggi 2023): one pass key line in repeated filler text."""
-
-    Params = PasskeyParams
-
-
-PRESETS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
-           "niah_multikey_3", "niah_multivalue", "niah_multiquery", "passkey")
+PRESETS = tuple(name for name, _, _ in PRESET_TABLE)
 """The named presets, each its own task name."""
