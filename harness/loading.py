@@ -117,12 +117,14 @@ def _load_tokenizer(path: Path, trust_remote_code: bool):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
-        raise UserError(f"tokenizer of {str(path)!r} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     except Exception as e:
-        if "tokenizers" not in type(e).__module__ and type(e).__name__ != "Exception":
+        # A damaged tokenizer.json fails as JSONDecodeError (not JSON), KeyError (JSON of another shape) or a
+        # bare `Exception` raised by the Rust `tokenizers` library (JSON that does not describe a tokenizer);
+        # a missing file as OSError. Anything else is a bug and keeps its traceback.
+        if not isinstance(e, (OSError, ValueError, TypeError, KeyError)) and type(e) is not Exception:
             raise
-        raise UserError(f"tokenizer of {str(path)!r} is damaged: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"tokenizer of {str(path)!r} cannot be loaded (damaged or missing files?): {first}") from None
     # The harness tokenises whole documents and never truncates: a context limit is the model's, not the tokenizer's.
     tokenizer.model_max_length = VERY_LARGE_LENGTH
     return tokenizer

@@ -170,6 +170,32 @@ def test_damaged_weights_are_one_line(tmp_path):
     assert len([x for x in res.output.splitlines() if x.strip()]) == 1
 
 
+def _damage_tokenizer(text: str, how: str) -> str | None:
+    doc = json.loads(text)
+    if how == "truncated":
+        return text[: len(text) // 2]
+    if how == "other_json":
+        return json.dumps({"version": "1.0"})
+    if how == "bad_model":  # valid JSON the Rust tokenizers library rejects with a bare Exception
+        doc["model"]["vocab"] = "not a map"
+        return json.dumps(doc)
+    return None  # missing
+
+
+@pytest.mark.parametrize("how", ["truncated", "other_json", "bad_model", "missing"])
+def test_damaged_tokenizer_is_one_line(tmp_path, how):
+    path = save(tmp_path / "tok", BY_ID["llama"])
+    tok = path / "tokenizer.json"
+    damaged = _damage_tokenizer(tok.read_text(), how)
+    tok.unlink() if damaged is None else tok.write_text(damaged)
+    if how == "missing":
+        for extra in path.glob("*token*"):
+            extra.unlink()
+    with pytest.raises(UserError, match="tokenizer of .* cannot be loaded") as err:
+        load_model(str(path))
+    assert "\n" not in str(err.value)
+
+
 def test_any_utf8_file_is_a_document_and_binary_is_one_line(tmp_path):
     from harness.corpus import load_corpus
 
