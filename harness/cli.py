@@ -264,7 +264,7 @@ def heatmap(
     run_dir: Annotated[Path, typer.Argument(help="a needle run directory (or a folder of runs)")],
     out: Annotated[Optional[Path], typer.Option(help="PNG file (default RUN_DIR/figures/needle_heatmap.png)")] = None,
 ):
-    """Needle heatmaps of a run, or one per preset of a retrieval run (accuracy over context length x depth)."""
+    """Needle heatmaps of a run, or one per preset of a retrieval run: accuracy and answer NLL over length x depth."""
     from harness.plots import draw_heatmaps
     from harness.results import require_tables
     require_tables(run_dir)
@@ -276,7 +276,7 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories (or folders of runs)")],
     out: Annotated[Path, typer.Option(help="folder for figures, headline.csv and report.html")] = Path("results/compare"),
 ):
-    """Compare runs side by side: headline table, figures, report.html."""
+    """Compare runs side by side: headline table, every task's figures, difference maps, report.html."""
     from harness.report import compare_runs
     from harness.results import require_tables
     require_tables(*run_dirs)

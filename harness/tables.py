@@ -37,20 +37,64 @@ def effective_lengths(summary, keys: list[str], threshold: float) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def needle_accuracy_grid(df):
-    """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
-    grid = df.assign(correct=df["correct"].astype(float)).pivot_table(
-        index="depth", columns="context_length", values="correct", aggfunc="mean")
+def value_grid(df, value: str):
+    """Mean of `value` per cell as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
+    grid = df.assign(**{value: df[value].astype(float)}).pivot_table(
+        index="depth", columns="context_length", values=value, aggfunc="mean", dropna=False)
     return grid.sort_index().sort_index(axis=1)
 
 
+def needle_accuracy_grid(df):
+    """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
+    return value_grid(df, "correct")
+
+
+def missing(value) -> bool:
+    """True for None and NaN (how an unset rope_theta comes back from parquet)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def variant_key(model, attention, rope_theta) -> tuple:
+    """(model, attention, rope_theta) with an unset theta as None, so None and NaN rows group together."""
+    return (model, attention, None if missing(rope_theta) else float(rope_theta))
+
+
+def variant_keys(df) -> list[tuple]:
+    """The variant_key of every row of `df` (missing MODEL_COLUMNS count as None)."""
+    cols = [df[c] if c in df.columns else pd.Series([None] * len(df), index=df.index) for c in MODEL_COLUMNS]
+    return [variant_key(*row) for row in zip(*cols)]
+
+
 def training_lengths(manifest: dict | None) -> dict:
-    """{model name: training length} from a run manifest's models (entries without one are left out)."""
+    """{model: training length} from a run manifest's models, under its name and its `name@fingerprint` label.
+
+    The runner labels the `model` column `name@<fingerprint[:8]>` when two different checkpoints share a
+    name; both spellings are keys, so either finds the length. Entries without a length are left out.
+    """
     out = {}
     for m in (manifest or {}).get("models", []) or []:
         if m.get("training_length"):
             out[m.get("name")] = int(m["training_length"])
+            if m.get("fingerprint"):
+                out[f"{m.get('name')}@{str(m['fingerprint'])[:8]}"] = int(m["training_length"])
     return out
+
+
+def retrieval_average(df) -> pd.DataFrame:
+    """RULER-style average per (model, attention, rope_theta, context_length) over the presets in `df` (the
+    retrieval table): each preset's mean accuracy, recall and answer NLL, then the mean over presets (each
+    preset weighs the same); `presets` counts them, `preset_names` lists them."""
+    keys = model_columns(df)
+    cols = {"accuracy": ("correct", "mean")}
+    cols.update({name: (name, "mean") for name in ("recall", "answer_nll") if name in df.columns})
+    per_preset = (df.assign(correct=df["correct"].astype(float))
+                  .groupby([*keys, "task", "context_length"], dropna=False, sort=False).agg(**cols).reset_index())
+    grouped = per_preset.sort_values("context_length", kind="stable").groupby([*keys, "context_length"], dropna=False,
+                                                                              sort=False)  # variants in order of appearance
+    out = grouped[list(cols)].mean()
+    out["presets"] = grouped["task"].nunique()
+    out["preset_names"] = grouped["task"].agg(lambda s: ", ".join(sorted(map(str, set(s)))))
+    return out.reset_index()
 
 
 def log_bucket_edges(stop: int, per_octave: int = 4) -> list[int]:

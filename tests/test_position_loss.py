@@ -212,6 +212,7 @@ def test_position_loss_curves_draws_one_line_per_variant():
     ax = Figure().subplots()
     position_loss_curves(ax, df, train_length={"m": 64})
     labels = [line.get_label() for line in ax.get_lines()]
-    assert labels[:2] == ["m · softmax · θ=500000", "m · ssmax · θ=500000"] and "training length (64 tokens)" in labels
+    assert labels[:2] == ["softmax", "ssmax"] and "training length (64 tokens)" in labels
+    assert ax.get_legend().get_title().get_text() == "all lines: model m · θ=500000"  # what every line shares, once
     assert ax.get_xscale() == "log" and "tokens" in ax.get_xlabel()
     assert len(ax.get_lines()[0].get_xdata()) < 60  # smoothed over log-spaced buckets

@@ -1,0 +1,80 @@
+"""Line plots: per-position test loss, and the RULER-style retrieval average by length. Imports no torch."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from harness.plots.heatmaps import full_keys, panels
+from harness.plots.labels import chars_per_line, panel_names, shared_line, wrap_title
+from harness.tables import bucket_positions
+
+
+def legend_with_shared(ax, shared: str, width_in: float = 3.5, **kwargs):
+    """A legend whose title names what every line shares (wrapped), if anything."""
+    if not ax.get_legend_handles_labels()[0]:
+        return None
+    title = shared_line(shared, width_in, "lines", 8) or None
+    return ax.legend(fontsize=8, title=title, title_fontsize=8, **kwargs)
+
+
+def training_length_lines(ax, train_length) -> None:
+    """A dotted vertical line at each distinct training length (an int, a {model: length} dict, or None)."""
+    lengths = train_length.values() if isinstance(train_length, dict) else [train_length]
+    for length in sorted({int(n) for n in lengths if n}):
+        ax.axvline(length, color="black", linestyle=":", linewidth=1.2, label=f"training length ({length} tokens)")
+
+
+def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
+    """Test loss vs position (log x), one line per (model, attention, theta), smoothed over log-spaced buckets.
+
+    df: the `position_loss_buckets` table (bucket_start, bucket_end, mean_nll) or the per-position
+    `position_loss` table (position, mean_nll), which is bucketed here. train_length: an int, a
+    {model: length} dict, or None; a dotted vertical line marks each distinct length. Line labels leave
+    out what every line shares; the legend title says it.
+    """
+    if "bucket_start" not in df.columns:
+        df = bucket_positions(df, per_octave=per_octave)
+    panel_list, keys = panels(df)
+    names = panel_names(full_keys(panel_list, keys))
+    for (key, part), label in zip(panel_list, names.titles):
+        part = part.sort_values("bucket_start")
+        # x = geometric middle of [start, end - 1], the positions the bucket averages
+        x = np.sqrt(part["bucket_start"].to_numpy(float) * np.maximum(part["bucket_end"].to_numpy(float) - 1, 1))
+        ax.plot(x, part["mean_nll"].to_numpy(float), marker=".", linewidth=1.5, label=label)
+    training_length_lines(ax, train_length)
+    ax.set_xscale("log")
+    ax.set_xlabel("position of the predicted token (tokens)")
+    ax.set_ylabel("test loss (nats / token)")
+    ax.grid(True, which="both", alpha=0.3)
+    legend_with_shared(ax, names.shared)
+    return ax
+
+
+def retrieval_average_figure(average, *, train_lengths=None) -> Figure:
+    """RULER-style average over presets vs context length (log x): accuracy (left) and answer NLL (right),
+    one line per (model, attention, theta). `average`: tables.retrieval_average's rows."""
+    panel_list, keys = panels(average)
+    names = panel_names(full_keys(panel_list, keys))
+    right = "answer_nll" in average.columns and average["answer_nll"].notna().any()
+    fig = Figure(figsize=(11.5 if right else 6.5, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2 if right else 1, squeeze=False)[0]
+    columns = [("accuracy", "accuracy (mean over presets)")] + ([("answer_nll", "answer NLL (nats/token, mean over presets)")] if right else [])
+    for ax, (column, label) in zip(axes, columns):
+        for (key, part), name in zip(panel_list, names.titles):
+            part = part.sort_values("context_length")
+            ax.plot(part["context_length"].to_numpy(float), part[column].to_numpy(float), marker="o", linewidth=1.5,
+                    label=name)
+        training_length_lines(ax, train_lengths)
+        ax.set_xscale("log", base=2)
+        lengths = sorted({int(n) for n in average["context_length"]})
+        ax.set_xticks(lengths, [str(n) for n in lengths], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylim(-0.03, 1.03)
+    legend_with_shared(axes[0], names.shared)
+    presets = ", ".join(sorted({p for s in average.get("preset_names", []) for p in str(s).split(", ") if p}))
+    fig.suptitle(wrap_title(f"retrieval average over presets: {presets}", chars_per_line(11.0, 11)), fontsize=11)
+    return fig
