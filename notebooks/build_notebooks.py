@@ -44,10 +44,12 @@ the mean per-token loss inside and beyond the training length."""),
 headline"""),
     ("md", """## Needle in a haystack (the paper's Figure 6)
 
-Each panel is one model variant: x is the context length, y the depth of the needle, colour the share
-of trials whose greedy answer had all 7 digits right, on the same 0..1 scale for every panel. The
-dashed line marks the training length: cells to its right are extrapolation. SSMax is expected to keep
-retrieving well past the line; softmax's accuracy is expected to fall off once n outgrows training."""),
+Each panel is one model variant: x is the context length, y the depth of the needle. The upper block's
+colour is the share of trials whose greedy answer had all 7 digits right (0..1, the same scale for every
+panel); the lower block's is the teacher-forced answer NLL (nats per token, one shared scale), which stays
+graded where every greedy answer fails. The dashed line marks the training length: cells to its right are
+extrapolation. SSMax is expected to keep retrieving well past the line; softmax's accuracy is expected to
+fall off once n outgrows training."""),
     ("code", """needle = tables["needle"]
 display(needle.pivot_table(index=["model", "attention"], columns="context_length", values="correct", aggfunc="mean").round(2))
 plots.needle_heatmap_figure(needle, train_lengths=train_lengths)"""),
