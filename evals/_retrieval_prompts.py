@@ -218,6 +218,8 @@ class RetrievalState:
     """HaystackSource of the corpus, or a FillerSource (also the padding of a needles haystack)"""
     frame: PromptFrame
     """harness.prompts.PromptFrame (plain or chat)"""
+    prefix: object = None
+    """the model's harness.prefix_cache.PrefixCache (set by the task's prepare; None: one prefill per prompt)"""
 
 
 def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: RetrievalState, length: int,
@@ -265,6 +267,15 @@ def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: Retri
         value_spans=tuple(value_spans), depth=depth, context_length=int(length), needle_start=built.starts[0],
         adjustments=built.adjustments,
     )
+
+
+def prompt_record(p: RetrievalPrompt, trial: int, task: str) -> dict:
+    """One prompts.jsonl row: ids, the asked values with their spans in input_ids and in answer_ids, answer_ids."""
+    where = {value: [s, e] for value, s, e in p.value_spans}
+    return {"task": task, "context_length": p.context_length, "depth": p.depth, "trial": int(trial),
+            "input_ids": list(p.input_ids), "asked_values": list(p.asked_values),
+            "value_spans": [where[v] for v in p.asked_values], "answer_ids": list(p.answer_ids),
+            "answer_value_spans": [list(s) for s in p.answer_value_spans], "asked_keys": list(p.asked_keys)}
 
 
 def _haystack_needles(params: RetrievalParams, tokenizer: Any, d: Draw, trial: int):

@@ -2,20 +2,23 @@
 
 Prompts come from `harness.prompts` (pure functions); this module scores them on a model with
 `harness.decode`: greedy decoding with the KV cache (-> correct, first_digit_correct) and the
-teacher-forced NLL of the gold answer, both from one prefill.
+teacher-forced NLL of the gold answer, both from one prefill. With prefix_cache (default) the prompts of
+one trial (every length and depth) run consecutively, latest needle first, and each reuses the previous
+one's prefill up to their common prefix (harness.prefix_cache): the same results, fewer prompt tokens.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.atomic import write_text
 from harness.decode import digits_settled, parse_digits, score_prompt
 from harness.errors import UserError
 from harness.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
+from harness.prefix_cache import DepthGrid, PrefixCache
 from harness.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
 from harness.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
@@ -47,6 +50,8 @@ class NeedleParams:
     """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
     template: str = "plain"
     """plain: completion with an answer prefix (base models); chat: the tokenizer's chat template, answer prefix in the assistant turn."""
+    prefix_cache: bool = True
+    """Share each trial's haystack prefill across its depths and lengths (latest needle first); false: one prefill per prompt (same tables)."""
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -77,15 +82,18 @@ class NeedleState:
     """harness.haystack.HaystackSource for the model's tokenizer"""
     frame: object
     """harness.prompts.PromptFrame"""
+    prefix: PrefixCache = field(default_factory=PrefixCache)
+    """the model's shared-prefix KV cache (one prompt's at most)"""
 
 
 @register_task("needle")
-class NeedleTask(Task):
+class NeedleTask(DepthGrid, Task):
     """Needle in a haystack over context length x depth: greedy retrieval accuracy and answer NLL."""
 
     Params = NeedleParams
     tables = ("needle", "prompts")
     grid_params = ("lengths", "depths", "trials", "threshold")
+    execution_params = ("prefix_cache",)
     added_params = {"template": "plain"}
 
     def validate(self, params: NeedleParams) -> None:
@@ -126,22 +134,12 @@ class NeedleTask(Task):
 
         return load_corpus(params.corpus).fingerprint
 
-    def cells(self, params: NeedleParams) -> list[dict]:
-        """One cell per (context_length, depth, trial)."""
-        return [{"context_length": int(length), "depth": float(depth), "trial": trial}
-                for length in sorted(set(params.lengths)) for depth in sorted(set(params.depths))
-                for trial in range(params.trials)]
-
-    def cost(self, params: NeedleParams, cell: dict) -> float:
-        """Proportional to the context length."""
-        return cell["context_length"] / min(params.lengths)
-
     def prepare(self, params: NeedleParams, loaded):
         """The held-out corpus tokenised (lazily, once) for this tokenizer; checks the extreme lengths."""
         from harness.corpus import load_corpus
 
         source = haystack_source(loaded.tokenizer, load_corpus(params.corpus, split="heldout"))
-        state = NeedleState(source, prompt_frame(loaded.tokenizer, params.template))
+        state = NeedleState(source, prompt_frame(loaded.tokenizer, params.template), PrefixCache(params.prefix_cache))
         for trial in range(params.trials):  # too short / too long for this tokenizer: fail before any cell
             for length in (min(params.lengths), max(params.lengths)):
                 self.prompt(params, loaded.tokenizer, state, length, 0.5, trial)
@@ -161,8 +159,8 @@ class NeedleTask(Task):
         state = state if state is not None else self.prepare(params, loaded)
         p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
         n_new = len(p.answer_ids) + params.max_new_tokens
-        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new,
-                                      eos_token_id=tok.eos_token_id, stop=digits_settled(tok))
+        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
+                                      stop=digits_settled(tok), prefix=state.prefix, group=self.group(params, cell))
         text = tok.decode(generated)
         row = {
             "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
@@ -170,7 +168,7 @@ class NeedleTask(Task):
             "prompt_tokens": len(p.input_ids), "needle_start": p.needle_span[0], "needle_end": p.needle_span[1],
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
         }
-        out = {"needle": [row]}
+        out = {"needle": [row], "telemetry": {"tokens": len(p.input_ids), **state.prefix.last}}
         if params.save_prompts:
             out["prompts"] = [prompt_record(p, int(cell["trial"]))]
         return out
@@ -211,8 +209,8 @@ class NeedleTask(Task):
 
 def write_prompts_jsonl(path: Path, df) -> Path:
     """Write prompt rows (model, context_length, depth, trial, input_ids, needle_span, answer_ids, ...) atomically."""
-    first = ["model", "attention", "rope_theta", "context_length", "depth", "trial", "input_ids", "needle_span",
-             "answer_ids"]
+    first = ["model", "attention", "rope_theta", "task", "context_length", "depth", "trial", "input_ids", "needle_span",
+             "value_spans", "answer_ids"]
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first and c != "run"]
     lines = (json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n" for rec in df[cols].to_dict(orient="records"))
     write_text(path, "".join(lines))

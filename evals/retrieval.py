@@ -6,6 +6,8 @@ then a question about `queries` of the keys and an answer prefix that ends the p
 first needle sits at the cell's depth; every other needle is spread evenly over the haystack. The gold
 answer is every asked value, joined as " v1, v2, v3." (prompt order per key, keys in question order).
 Scoring: greedy decoding (harness.decode.score_prompt) parsed back into values, plus the gold answer's NLL.
+With prefix_cache (default) the prompts of one trial run latest needle first and share the prefill of
+their common prefix (harness.prefix_cache); save_prompts writes RUN_DIR/prompts.jsonl.
 
 Presets (`lch tasks`) are subclasses whose Params only change defaults: niah_single_1/2/3,
 niah_multikey_1/2/3, niah_multivalue, niah_multiquery and passkey. Keys, values and distractor order
@@ -23,10 +25,11 @@ from harness.decode import score_prompt
 from harness.errors import UserError
 from harness.filler import FillerSource, filler_fingerprint
 from harness.haystack import check_depth, haystack_source
+from harness.prefix_cache import DepthGrid, PrefixCache
 from harness.prompts import TEMPLATES, prompt_frame
 from harness.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
-from evals._retrieval_prompts import (KINDS, HAYSTACKS, STYLES, NUMBER_DIGITS, MIN_NEEDLE_TOKENS, ADJECTIVES, NOUNS, VALUE_NOUN, PREAMBLE, draw_item, Draw, draw, RetrievalPrompt, _needle_pieces, needle_ids, _join, question_and_prefix, answer_ids, parse_values, answer_settled, score, RetrievalState, build_retrieval_prompt, _haystack_needles, _positive_int)  # noqa: F401 (re-exported)
+from evals._retrieval_prompts import (KINDS, HAYSTACKS, STYLES, NUMBER_DIGITS, MIN_NEEDLE_TOKENS, ADJECTIVES, NOUNS, VALUE_NOUN, PREAMBLE, draw_item, Draw, draw, RetrievalPrompt, _needle_pieces, needle_ids, _join, question_and_prefix, answer_ids, parse_values, answer_settled, score, RetrievalState, build_retrieval_prompt, _haystack_needles, _positive_int, prompt_record)  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class RetrievalParams:
@@ -62,18 +65,24 @@ class RetrievalParams:
     """Tokens greedy decoding may generate beyond the gold answer's length."""
     threshold: float = 0.8
     """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
+    save_prompts: bool = False
+    """Write RUN_DIR/prompts.jsonl (input_ids, asked values and their spans, answer_ids per prompt) to inspect or re-score."""
+    prefix_cache: bool = True
+    """Share each trial's haystack prefill across its depths and lengths (latest needle first); false: one prefill per prompt (same tables)."""
 
 
 # ------------------------------------------------------------------------------------ keys and values
 
 
 @register_task("retrieval")
-class RetrievalTask(Task):
+class RetrievalTask(DepthGrid, Task):
     """Keyed retrieval (RULER-style needles, passkey) over length x depth; every knob a parameter."""
 
     Params = RetrievalParams
-    tables = ("retrieval",)
+    tables = ("retrieval", "prompts")
     grid_params = ("lengths", "depths", "trials", "threshold")
+    execution_params = ("prefix_cache",)
+    added_params = {"save_prompts": False}
 
     def validate(self, params: RetrievalParams) -> None:
         """One clear line per bad parameter (the exact token budget is checked in `prepare`)."""
@@ -130,16 +139,6 @@ class RetrievalTask(Task):
 
         return load_corpus(params.corpus).fingerprint
 
-    def cells(self, params: RetrievalParams) -> list[dict]:
-        """One cell per (context_length, depth, trial)."""
-        return [{"context_length": int(length), "depth": float(depth), "trial": trial}
-                for length in sorted(set(params.lengths)) for depth in sorted(set(params.depths))
-                for trial in range(params.trials)]
-
-    def cost(self, params: RetrievalParams, cell: dict) -> float:
-        """Proportional to the context length."""
-        return cell["context_length"] / min(params.lengths)
-
     def prepare(self, params: RetrievalParams, loaded) -> RetrievalState:
         """Haystack source and frame for this tokenizer; builds the extreme prompts once to fail before any cell."""
         tok = loaded.tokenizer
@@ -149,7 +148,7 @@ class RetrievalTask(Task):
             source = haystack_source(tok, load_corpus(params.corpus, split="heldout"))
         else:
             source = FillerSource(tok)
-        state = RetrievalState(source, prompt_frame(tok, params.template))
+        state = RetrievalState(source, prompt_frame(tok, params.template), PrefixCache(params.prefix_cache))
         for trial in range(params.trials):
             for length in (min(params.lengths), max(params.lengths)):
                 self.prompt(params, tok, state, length, 0.5, trial)
@@ -168,8 +167,8 @@ class RetrievalTask(Task):
         state = state if state is not None else self.prepare(params, loaded)
         p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
         n_new = len(p.answer_ids) + params.max_new_tokens
-        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new,
-                                      eos_token_id=tok.eos_token_id, stop=answer_settled(tok))
+        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
+                                      stop=answer_settled(tok), prefix=state.prefix, group=self.group(params, cell))
         text = tok.decode(generated)
         row = {
             "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]), "task": self.name,
@@ -177,7 +176,11 @@ class RetrievalTask(Task):
             "prompt_tokens": len(p.input_ids), "keys": ", ".join(p.asked_keys), "needles": len(p.value_spans),
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
         }
-        return {"retrieval": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated)}}
+        prefix = state.prefix.last if state.prefix is not None else {}
+        out = {"retrieval": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **prefix}}
+        if params.save_prompts:
+            out["prompts"] = [prompt_record(p, int(cell["trial"]), self.name)]
+        return out
 
     def summarize(self, tables: dict, params: RetrievalParams) -> dict:
         """retrieval_summary per (model, attention, theta, task, length) and retrieval_effective_length."""
@@ -210,6 +213,14 @@ class RetrievalTask(Task):
             fig.savefig(out, dpi=120, bbox_inches="tight")
             paths.append(out)
         return paths
+
+    def finalize(self, run_dir: Path, tables: dict, params: RetrievalParams) -> None:
+        """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt (model columns first)."""
+        from evals.needle import write_prompts_jsonl
+
+        df = tables.get("prompts")
+        if params.save_prompts and df is not None and not df.empty:
+            write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
 
 
 # ------------------------------------------------------------------------------------------ presets

@@ -28,6 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 
 from harness.attention_spec import SPEC_HELP, AttentionSpec, parse_spec, resolve_spec  # noqa: F401 (re-exported)
 from harness.errors import UserError
+from harness.split_attention import causal_offset_of, split_attention, usable
 
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
@@ -153,12 +154,23 @@ def _refuse_unsupported(module, kwargs) -> None:
 
 
 def lch_attention(module, query, key, value, attention_mask, **kwargs):
-    """The fast path: scale query rows, then transformers' ordinary SDPA attention (materialised with softcap)."""
+    """The fast path: scale query rows, then transformers' ordinary SDPA attention (materialised with softcap).
+
+    Rows fed after cached keys under a plain causal mask (a prompt's suffix after a shared prefix) take
+    harness.split_attention on CPU: the same attention without the masked kernel.
+    """
     _refuse_unsupported(module, kwargs)
     if kwargs.get("softcap") is not None:
         output, _ = materialised_attention(module, query, key, value, attention_mask, **kwargs)
         return output, None
-    query = scaled_query(module, query, attention_mask, key.shape[2])
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if usable(query, kwargs.get("dropout", 0.0), module.training):
+        offset = causal_offset_of(attention_mask, q_len, kv_len)
+        if offset is not None:  # row i sees offset + i + 1 keys: the causal count after the cached keys
+            scale = query_scale(module, visible_keys(None, q_len, kv_len, device=query.device))
+            query = query if scale is None else query * scale.to(query.dtype)
+            return split_attention(query, key, value, offset, kwargs.get("scaling")), None
+    query = scaled_query(module, query, attention_mask, kv_len)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -4,7 +4,8 @@ Every prefill starts a `DynamicCache()` built without the model config, so every
 keys, sliding-window layers included (transformers' default sliding layers drop keys past the
 window and cannot rewind). The masks still come from the model config, so a sliding layer attends
 only inside its window: results equal a plain full forward. The cost is memory: a sliding layer
-caches the whole prompt, as a full-attention layer does.
+caches the whole prompt, as a full-attention layer does. `score_prompt(..., prefix=PrefixCache)`
+reuses the previous prompt's cache for a shared prefix (harness.prefix_cache).
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def rewind(cache, n_tokens: int, prompt_length: int) -> bool:
         return False
 
 
+def crop_to(cache, length: int) -> bool:
+    """Keep the first `length` tokens of a KV cache in place; False if this cache cannot (or holds fewer)."""
+    try:
+        held = cache.get_seq_length()
+    except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+        return False
+    if held < length:
+        return False
+    return held == length or rewind(cache, held - length, length)
+
+
 def greedy_answer(model, ids: Sequence[int], n_new: int, *, eos_token_id: int | None = None,
                   stop: Callable[[list[int]], bool] | None = None) -> list[int]:
     """Greedy continuation of `ids` (at most `n_new` tokens) with the KV cache, no `generate`."""
@@ -99,14 +111,23 @@ def answer_nll(model, ids: Sequence[int], answer_ids: Sequence[int]) -> float:
 
 
 def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: int, *,
-                 eos_token_id: int | None = None, stop=None) -> tuple[list[int], float]:
-    """(greedy tokens, answer NLL) from one prefill: the answer is fed, the cache rewound, then decoded."""
+                 eos_token_id: int | None = None, stop=None, prefix=None, group=None) -> tuple[list[int], float]:
+    """(greedy tokens, answer NLL) from one prefill: the answer is fed, the cache rewound, then decoded.
+
+    With `prefix` (a harness.prefix_cache.PrefixCache) the prefill reuses the previous prompt's cache of
+    the same `group` for the tokens both prompts share, and the cache is kept for the next prompt.
+    """
     with torch.inference_mode():
-        last, cache = prefill(model, ids)
+        last, cache = prefill(model, ids) if prefix is None else prefix.prefill(model, ids, group)
         nll = teacher_forced_nll(model, last, cache, answer_ids)
         if len(answer_ids) > 1 and not rewind(cache, len(answer_ids) - 1, len(ids)):
+            if prefix is not None:
+                prefix.fail(f"{type(cache).__name__} cannot rewind the answer")
             last, cache = prefill(model, ids)  # a cache that cannot be cropped: prefill again
-        return greedy(model, last, cache, n_new, eos_token_id, stop), nll
+        generated = greedy(model, last, cache, n_new, eos_token_id, stop)
+        if prefix is not None:
+            prefix.keep(group, ids, cache)
+        return generated, nll
 
 
 _LEADING_DIGITS = re.compile(r"\s*(\d*)")
@@ -125,5 +146,5 @@ def digits_settled(tokenizer) -> Callable[[list[int]], bool]:
     return stop
 
 
-__all__ = ["new_cache", "forward", "prefill", "greedy", "teacher_forced_nll", "rewind", "greedy_answer",
+__all__ = ["new_cache", "forward", "prefill", "greedy", "teacher_forced_nll", "rewind", "crop_to", "greedy_answer",
            "answer_nll", "score_prompt", "parse_digits", "digits_settled"]

@@ -37,6 +37,8 @@ class Task:
     Params: type = None  # frozen dataclass of typed, documented parameters
     tables: tuple[str, ...] = ()  # tables the rows of run_cell go to
     grid_params: tuple[str, ...] = ()  # params that only choose which cells exist (left out of cell keys)
+    execution_params: tuple[str, ...] = ()  # params that change how cells run, never their results (left out of
+    # cell keys and of the default run name: toggling one resumes the same run)
     version: int = 1  # bump when results of the same cell change meaning (invalidates finished cells)
     added_params: dict = {}  # parameter -> value: added later, left out of cell keys at that value (old runs resume)
 
@@ -47,6 +49,18 @@ class Task:
     def cost(self, params, cell: dict) -> float:
         """Relative cost of a cell (weights the progress bar's ETA and torchrun's sharding)."""
         return 1.0
+
+    def group(self, params, cell: dict) -> object:
+        """Cells of one model with the same (hashable) group run consecutively, on one rank; None: no group.
+
+        A group is a unit of shared work (e.g. one trial's haystack, prefilled once for its prompts); cells and
+        keys stay as they are, so an interrupted group loses at most its cell in flight.
+        """
+        return None
+
+    def order(self, params, cell: dict) -> object:
+        """Sort key of a cell within its group (e.g. latest needle first); ties keep grid order."""
+        return 0
 
     def validate(self, params) -> None:
         """Raise UserError for bad parameters (runs before any weights are loaded)."""

@@ -28,3 +28,18 @@ def test_keys_of_a_fixed_run_are_pinned(task, tmp_path):
     models = [ModelRequest("reference/softmax"), ModelRequest("reference/ssmax", "ssmax(s=auto)", 5e5)]
     plan = plan_run(task, models, PARAMS[task], out_root=tmp_path)
     assert [c.key[:16] for c in plan.cells] == PINNED[task]
+
+
+@pytest.mark.parametrize("task", ["needle", "niah_single_2", "attention_probe"])
+def test_execution_params_leave_keys_and_the_run_name_alone(task, tmp_path):
+    """prefix_cache only changes how cells run: toggling it resumes the same run; an added param at its old value too."""
+    params = {"corpus": "builtin:stdlib", "lengths": "128,256", "depths": "0,1", "trials": 1}
+    plans = [plan_run(task, ["reference/softmax"], {**params, **extra}, out_root=tmp_path)
+             for extra in ({}, {"prefix_cache": "false"}, {"prefix_cache": "true"})]
+    assert len({tuple(c.key for c in p.cells) for p in plans}) == 1 and len({p.run_dir for p in plans}) == 1
+    added = {"niah_single_2": {"save_prompts": "false"}, "attention_probe": {"prompts": "needle"}}.get(task)
+    if added:
+        same = plan_run(task, ["reference/softmax"], {**params, **added}, out_root=tmp_path)
+        assert [c.key for c in same.cells] == [c.key for c in plans[0].cells]
+    changed = plan_run(task, ["reference/softmax"], {**params, "seed": 1}, out_root=tmp_path)
+    assert not {c.key for c in changed.cells} & {c.key for c in plans[0].cells}  # a result-changing param does change them

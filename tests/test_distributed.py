@@ -78,6 +78,55 @@ def test_lpt_covers_every_cell_once_and_is_within_one_cell_of_balance(world):
     assert [{c.key for c in s} for s in assign_cells(shuffled, world)] == [{c.key for c in s} for s in shares]
 
 
+def _grouped(world):
+    """A needle-like grid: 3 lengths x 2 trials, 5 depths each; group (length, trial), deepest first."""
+    cells = [Cell(0, {"length": n, "depth": d, "trial": t}, f"k{n}-{d}-{t}", float(n) * (1.0 if d == 1 else 1 - d + 0.05),
+                  (n, t), -d) for n in (8, 16, 32) for d in (0.0, 0.25, 0.5, 0.75, 1.0) for t in range(2)]
+    return cells, assign_cells(cells, world)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_groups_stay_on_one_rank_and_run_consecutively_deepest_first(world):
+    cells, shares = _grouped(world)
+    assert sorted(c.key for s in shares for c in s) == sorted(c.key for c in cells)
+    for share in shares:
+        groups = [c.group for c in share]
+        runs = [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]]
+        assert len(runs) == len(set(runs))  # each group in one consecutive run
+        for g in set(groups):
+            depths = [c.coords["depth"] for c in share if c.group == g]
+            assert depths == [1.0, 0.75, 0.5, 0.25, 0.0]
+    owner = {c.group: r for r, share in enumerate(shares) for c in share}
+    assert all(owner[c.group] == r for r, share in enumerate(shares) for c in share)  # a group never splits
+    loads = _loads(shares)
+    group_cost = max(sum(c.cost for c in cells if c.group == g) for g in owner)
+    assert max(loads) - min(loads) <= group_cost  # LPT over groups
+    assert [{c.key for c in s} for s in assign_cells(cells[::-1], world)] == [{c.key for c in s} for s in shares]
+
+
+def test_fewer_groups_than_ranks_are_dealt_cell_by_cell():
+    cells, _ = _grouped(1)
+    two = [c for c in cells if c.coords["length"] == 32]  # 2 groups (trials) of 5 cells
+    shares = assign_cells(two, 3)
+    assert all(shares) and sorted(c.key for s in shares for c in s) == sorted(c.key for c in two)
+    for share in shares:  # still deepest first within what a rank holds of a group
+        for g in {c.group for c in share}:
+            depths = [c.coords["depth"] for c in share if c.group == g]
+            assert depths == sorted(depths, reverse=True)
+
+
+def test_plan_gives_needle_cells_their_group_and_order(model, tmp_path):
+    params = {"lengths": "64,96", "depths": "0,0.5,1", "trials": 2}
+    plan = plan_run("needle", [model], params, out_root=tmp_path)
+    c = next(c for c in plan.cells if c.coords == {"context_length": 96, "depth": 0.5, "trial": 1})
+    assert c.group == ("trial", 1) and c.order == -48.0 and c.cost == pytest.approx(96 / 64 * 0.5)
+    order = [(c.coords["trial"], c.coords["context_length"], c.coords["depth"]) for c in distributed.schedule(plan.cells)]
+    assert order[:6] == [(0, 96, 1.0), (0, 64, 1.0), (0, 96, 0.5), (0, 64, 0.5), (0, 64, 0.0), (0, 96, 0.0)]
+    off = plan_run("needle", [model], {**params, "prefix_cache": "false"}, out_root=tmp_path)
+    assert all(c.group is None for c in off.cells) and distributed.schedule(off.cells) == list(off.cells)
+    assert [c.key for c in off.cells] == [c.key for c in plan.cells] and off.run_dir == plan.run_dir
+
+
 def _fake_rank(monkeypatch, rank, world):
     """Pretend to be one rank of a torchrun job without a process group (every other rank is absent)."""
     monkeypatch.setattr(distributed, "shard", lambda: (rank, world))

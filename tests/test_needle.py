@@ -16,6 +16,7 @@ from harness.tables import effective_length
 from harness.corpus import load_corpus
 from harness.errors import UserError
 from harness.haystack import haystack_source
+from tests import tiny
 from tests.tiny import build_model, build_tokenizer
 
 TEXT = ("The lighthouse keeper counted ships. Each night he wrote their names down!\n"
@@ -35,51 +36,13 @@ def tok():
     return build_tokenizer("bpe")
 
 
-class _Cache:
-    """Stand-in KV cache: the token ids seen so far."""
-
-    def __init__(self):
-        self.ids = []
-
-    def get_seq_length(self):
-        return len(self.ids)
-
-    def crop(self, n):
-        assert n < 0  # transformers' convention: a negative count of tokens to remove
-        del self.ids[n:]
-
-
-class StubModel(torch.nn.Module):
-    """A 'model' that reads the needle's number from the context and copies it (or a wrong number)."""
-
-    def __init__(self, tokenizer, wrong=False):
-        super().__init__()
-        self.tok, self.wrong = tokenizer, wrong
-        self.vocab = len(tokenizer)
-        self.prompt_length = None
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=0):
-        # the harness starts every prompt with an empty transformers cache: a new prompt
-        if not isinstance(cache, _Cache):
-            cache = _Cache()
-            self.prompt_length = input_ids.shape[1]
-        start = len(cache.ids)
-        cache.ids.extend(input_ids[0].tolist())
-        prompt = self.tok.decode(cache.ids[: self.prompt_length])
+def StubModel(tokenizer, wrong=False):
+    """A stub that reads the needle's number from the context and copies it (or a wrong number)."""
+    def answer(prompt: str) -> list[int]:
         number = re.search(r"number is: (\d+)", prompt).group(1)
-        target = self.tok(f" {'0' * len(number) if self.wrong else number}.", add_special_tokens=False)["input_ids"]
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
-        for j in range(input_ids.shape[1]):
-            k = start + j + 1 - self.prompt_length  # index in the answer of the token after position start + j
-            if 0 <= k < len(target):
-                logits[0, j, target[k]] = 30.0
-        if logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        return SimpleNamespace(logits=logits, cache=cache)
+        return tokenizer(f" {'0' * len(number) if wrong else number}.", add_special_tokens=False)["input_ids"]
+
+    return tiny.StubModel(tokenizer, answer)
 
 
 def _loaded(model, tok):
@@ -106,6 +69,21 @@ def test_perfect_copier_scores_one(tok, corpus_dir):
     summary = task.summarize({"needle": df}, params)
     assert summary["needle_summary"]["accuracy"].tolist() == [1.0, 1.0]
     assert summary["needle_effective_length"]["effective_length"].tolist() == [300]
+
+
+def test_copier_in_the_shared_prefix_order_scores_one_and_shares(tok, corpus_dir):
+    from harness.runner.distributed import schedule
+    from harness.runner.plan import Cell
+
+    task = get_task("needle")
+    params = parse_task_params(task, {"corpus": str(corpus_dir), "lengths": "200,300", "depths": "0,0.5,1", "trials": 2})
+    loaded = _loaded(StubModel(tok), tok)
+    state = task.prepare(params, loaded)
+    cells = [Cell(0, c, str(i), 1.0, task.group(params, c), task.order(params, c)) for i, c in enumerate(task.cells(params))]
+    outs = [task.run_cell(params, loaded, c.coords, state, 0) for c in schedule(cells)]
+    assert all(o["needle"][0]["correct"] for o in outs)
+    kinds = [o["telemetry"]["prefix_cache"] for o in outs]
+    assert kinds == (["fresh"] + ["shared"] * 5) * 2  # one trial at a time, across both lengths
 
 
 def test_never_copier_scores_zero(tok, corpus_dir):

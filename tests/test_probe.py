@@ -231,3 +231,47 @@ def test_task_end_to_end_through_the_runner(tiny_checkpoint, corpus_dir, tmp_pat
                       & (scores["trial"] == rec["trial"])]
         assert (rows["needle_start"] == p.needle_span[0]).all()
     assert scores["correct"].isin([True, False]).all() and scores["first_digit_correct"].isin([True, False]).all()
+
+
+def test_probe_scores_a_retrieval_presets_prompts_on_the_asked_value(tiny_checkpoint, corpus_dir, tmp_path):
+    """-T prompts=<preset>: the preset's own prompts; the needle span is the asked value's tokens (lone space trimmed)."""
+    from evals._probe_targets import target
+    from harness import results
+    from harness.checkpoint import load_model
+    from harness.errors import UserError
+    from harness.params import parse_task_params
+    from harness.runner import run_task
+    from harness.task import get_task
+
+    ckpt = tiny_checkpoint()
+    grid = {"corpus": str(corpus_dir), "lengths": "300", "depths": "0,0.5,1", "trials": 1}
+    probe, preset = get_task("attention_probe"), get_task("niah_multikey_1")
+    loaded = load_model(str(ckpt))
+    tok = loaded.tokenizer
+    state = probe.prepare(parse_task_params(probe, {**grid, "prompts": "niah_multikey_1"}), loaded)
+    preset_params = parse_task_params(preset, grid)
+    preset_state = preset.prepare(preset_params, loaded)
+    spans = {}
+    for depth in (0.0, 0.5, 1.0):
+        t = target(state.task, state.params, tok, state.state, 300, depth, 0)
+        p = preset.prompt(preset_params, tok, preset_state, 300, depth, 0)
+        assert t.input_ids == p.input_ids and t.answer_ids == p.answer_ids
+        value, s, e = p.value_spans[0]
+        assert p.asked_values == (value,) and t.answer == value
+        assert t.needle_span[1] == e and s <= t.needle_span[0] < e and not tok.decode(list(p.input_ids[s:t.needle_span[0]])).strip()
+        assert tok.decode(list(p.input_ids[t.needle_span[0]:e])).strip() == value
+        a, b = t.answer_digit_span
+        assert tok.decode(list(p.answer_ids[a:b])).strip() == value and tok.decode([p.answer_ids[a]]).strip()
+        spans[depth] = t.needle_span
+    run = run_task("attention_probe", [str(ckpt)], {**grid, "prompts": "niah_multikey_1", "save_prompts": True},
+                   out_root=tmp_path, progress=False)
+    tables = results.load(run)
+    scores = tables["needle_score"]
+    assert len(scores) == 3 * 2 * 4 and {"recall", "first_token_correct"} <= set(scores.columns)
+    for depth, (s, e) in spans.items():
+        rows = scores[scores["depth"] == depth]
+        assert (rows["needle_start"] == s).all() and (rows["needle_end"] == e).all()
+    saved = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+    assert len(saved) == 3 and all(rec["task"] == "niah_multikey_1" for rec in saved)
+    with pytest.raises(UserError, match="prompts='nope' is not allowed"):
+        parse_task_params(probe, {"prompts": "nope"})

@@ -1,17 +1,18 @@
 """Task family `retrieval` (RULER needle variants, passkey): stub copiers score 1 and non-copiers 0 on every
 preset, prompt invariants, determinism, end-to-end runs on a tiny checkpoint, and bad input."""
 
+import json
 import re
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import torch
 
 from evals.retrieval import PRESETS, RetrievalParams, draw, parse_values
 from harness.errors import UserError
 from harness.params import parse_task_params
 from harness.task import get_task
+from tests import tiny
 from tests.tiny import build_tokenizer
 
 TEXT = ("The lighthouse keeper counted ships. Each night he wrote their names down!\n"
@@ -32,20 +33,6 @@ def tok():
     return build_tokenizer("bpe")
 
 
-class _Cache:
-    """Stand-in KV cache: the token ids seen so far."""
-
-    def __init__(self):
-        self.ids = []
-
-    def get_seq_length(self):
-        return len(self.ids)
-
-    def crop(self, n):
-        assert n < 0
-        del self.ids[n:]
-
-
 def _wrong(value: str) -> str:
     return re.sub(r"[0-9]", "0", value) if value.isdigit() else re.sub(r"[0-9a-z]", "x", value)
 
@@ -63,35 +50,13 @@ def read_answer(prompt: str, wrong: bool) -> str:
     return " " + ", ".join(_wrong(v) if wrong else v for v in values) + "."
 
 
-class StubModel(torch.nn.Module):
+def StubModel(tokenizer, wrong=False):
     """Reads the context like a perfect retriever and emits the answer (or the same shape with wrong values)."""
+    def answer(prompt: str) -> list[int]:
+        pieces = re.findall(r" [^,.]+|[,.]", read_answer(prompt, wrong))  # tokenised as the task tokenises the gold answer
+        return [t for p in pieces for t in tokenizer(p, add_special_tokens=False)["input_ids"]]
 
-    def __init__(self, tokenizer, wrong=False):
-        super().__init__()
-        self.tok, self.wrong, self.vocab = tokenizer, wrong, len(tokenizer)
-        self.prompt_length = None
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=0):
-        if not isinstance(cache, _Cache):
-            cache = _Cache()
-            self.prompt_length = input_ids.shape[1]
-        start = len(cache.ids)
-        cache.ids.extend(input_ids[0].tolist())
-        answer = read_answer(self.tok.decode(cache.ids[: self.prompt_length]), self.wrong)
-        pieces = re.findall(r" [^,.]+|[,.]", answer)  # tokenised as the task tokenises the gold answer
-        target = [t for p in pieces for t in self.tok(p, add_special_tokens=False)["input_ids"]]
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
-        for j in range(input_ids.shape[1]):
-            k = start + j + 1 - self.prompt_length
-            if 0 <= k < len(target):
-                logits[0, j, target[k]] = 30.0
-        if logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        return SimpleNamespace(logits=logits, cache=cache)
+    return tiny.StubModel(tokenizer, answer)
 
 
 def _loaded(model, tok):
@@ -233,3 +198,29 @@ def test_every_preset_end_to_end(tiny_checkpoint, corpus_dir, tmp_path):
                                    "-T", "queries=5", "-T", "keys=2"])
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [res.output.strip()] and "queries=5 is more than keys=2" in res.output
+
+
+def test_save_prompts_writes_every_prompt_with_the_asked_value_spans(tiny_checkpoint, corpus_dir, tmp_path, tok):
+    from harness.runner import run_task
+
+    ckpt = tiny_checkpoint()
+    params = {"corpus": str(corpus_dir), "lengths": LENGTHS["niah_multiquery"], "depths": "0,1", "trials": 1,
+              "save_prompts": True}
+    run = run_task("niah_multiquery", [str(ckpt)], params, out_root=tmp_path, name="saved", progress=False)
+    lines = [json.loads(x) for x in (run / "prompts.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    task = get_task("niah_multiquery")
+    p = _params("niah_multiquery", corpus_dir)
+    state = task.prepare(p, _loaded(None, tok))
+    for rec in lines:
+        assert list(rec)[:4] == ["model", "attention", "rope_theta", "task"] and rec["task"] == "niah_multiquery"
+        prompt = task.prompt(p, tok, state, rec["context_length"], rec["depth"], rec["trial"])
+        assert rec["input_ids"] == list(prompt.input_ids) and len(rec["input_ids"]) == rec["context_length"]
+        assert rec["answer_ids"] == list(prompt.answer_ids) and len(rec["asked_values"]) == 4
+        for value, (s, e), (a, b) in zip(rec["asked_values"], rec["value_spans"], rec["answer_value_spans"]):
+            assert tok.decode(rec["input_ids"][s:e]).strip() == value
+            assert tok.decode(rec["answer_ids"][a:b]).strip() == value
+        assert tok.decode(rec["answer_ids"]) == " " + ", ".join(rec["asked_values"]) + "."
+    off = run_task("niah_multiquery", [str(ckpt)], {**params, "save_prompts": False}, out_root=tmp_path, name="off",
+                   progress=False)
+    assert not (off / "prompts.jsonl").exists() and not (off / "tables" / "prompts.parquet").exists()

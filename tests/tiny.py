@@ -88,3 +88,55 @@ def save_checkpoint(path: Path, family: str = "llama", tokenizer: str = "bpe", *
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)
+
+
+class StubCache:
+    """Stand-in KV cache for StubModel: the token ids seen so far (crops like transformers' caches)."""
+
+    def __init__(self):
+        self.ids = []
+
+    def get_seq_length(self):
+        return len(self.ids)
+
+    def crop(self, n):
+        assert n < 0  # transformers' convention: a negative count of tokens to remove
+        del self.ids[n:]
+
+
+class StubModel(torch.nn.Module):
+    """A 'model' that reads its answer off the prompt text and emits it token by token (a perfect or wrong copier).
+
+    answer_ids(prompt text) -> the ids it predicts after the prompt. A forward without a StubCache starts a
+    new prompt (the harness starts each with a transformers cache); a forward with logits_to_keep=1 ends
+    one (harness.decode feeds a prompt, or its part after a shared prefix, that way; answers otherwise).
+    """
+
+    def __init__(self, tokenizer, answer_ids):
+        super().__init__()
+        self.tok, self.answer_ids, self.vocab = tokenizer, answer_ids, len(tokenizer)
+        self.prompt_length = None
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=0):
+        from types import SimpleNamespace
+
+        if not isinstance(cache, StubCache):
+            cache = StubCache()
+            self.prompt_length = input_ids.shape[1]
+        start = len(cache.ids)
+        cache.ids.extend(input_ids[0].tolist())
+        if logits_to_keep == 1:
+            self.prompt_length = len(cache.ids)
+        target = self.answer_ids(self.tok.decode(cache.ids[: self.prompt_length]))
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
+        for j in range(input_ids.shape[1]):
+            k = start + j + 1 - self.prompt_length  # index in the answer of the token after position start + j
+            if 0 <= k < len(target):
+                logits[0, j, target[k]] = 30.0
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return SimpleNamespace(logits=logits, cache=cache)

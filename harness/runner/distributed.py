@@ -20,16 +20,42 @@ if TYPE_CHECKING:
 
 
 def assign_cells(cells, world: int) -> list[list[Cell]]:
-    """Split cells over `world` ranks, balanced by cost and deterministic; each share in grid order."""
-    # LPT: the most expensive cell first, each to the least-loaded rank (ties: cell key, lowest rank).
-    order = {c.key: i for i, c in enumerate(cells)}
+    """Split cells over `world` ranks, balanced by cost and deterministic; a task's group stays on one rank.
+
+    With fewer groups than ranks the cells are dealt one by one instead (every rank busy; a rank still
+    runs its cells of a group consecutively). Each share is in `schedule` order.
+    """
+    # LPT over groups: the most expensive group first, each to the least-loaded rank (ties: key, lowest rank).
+    groups = list(_groups(cells).values())
+    if len(groups) < world:
+        groups = [[c] for c in cells]
     shares: list[list[Cell]] = [[] for _ in range(world)]
     loads = [(0.0, r) for r in range(world)]
-    for cell in sorted(cells, key=lambda c: (-c.cost, c.key)):
+    for members in sorted(groups, key=lambda g: (-sum(c.cost for c in g), min(c.key for c in g))):
         load, r = heapq.heappop(loads)
-        shares[r].append(cell)
-        heapq.heappush(loads, (load + cell.cost, r))
-    return [sorted(share, key=lambda c: order[c.key]) for share in shares]
+        shares[r].extend(members)
+        heapq.heappush(loads, (load + sum(c.cost for c in members), r))
+    return [schedule(share, grid=cells) for share in shares]
+
+
+def _group_of(cell: Cell):
+    """A cell's group across the plan: its model and the task's group (a cell without one is alone)."""
+    return (cell.model_index, cell.group) if cell.group is not None else ("cell", cell.key)
+
+
+def _groups(cells) -> dict:
+    groups: dict = {}
+    for cell in cells:
+        groups.setdefault(_group_of(cell), []).append(cell)
+    return groups
+
+
+def schedule(cells, grid=None) -> list[Cell]:
+    """The order cells run in: groups by their first cell in grid order, cells within a group by the task's order."""
+    position = {c.key: i for i, c in enumerate(grid if grid is not None else cells)}
+    groups = _groups(sorted(cells, key=lambda c: position[c.key]))
+    ordered = [sorted(g, key=lambda c: (c.order, position[c.key])) for g in groups.values()]
+    return [c for g in ordered for c in g]
 
 
 def shard() -> tuple[int, int]:

@@ -39,6 +39,10 @@ class Cell:
     coords: dict
     key: str
     cost: float
+    group: object = None
+    """the task's group of this cell (task.group; None: a group of its own); cells of a group run consecutively"""
+    order: object = 0
+    """sort key within the group (task.order)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +125,15 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
     # The key: everything that decides a cell's result. Grid-only params are left out, so a larger
     # grid reuses the cells it shares with a smaller one.
     # Parameters added after runs existed leave keys alone while at their old behaviour's value.
-    keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params
+    # Execution-only parameters (how cells run, never what they give) leave keys and the run name alone.
+    keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params and k not in task.execution_params
              and not (k in task.added_params and v == task.added_params[k])}
     base = {"schema": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
             "params": keyed, "corpus": corpus_fp}
-    cells = tuple(Cell(m, c, content_hash({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)))
+    cells = tuple(Cell(m, c, content_hash({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)),
+                       task.group(params, c), task.order(params, c))
                   for m in range(len(infos)) for c in coords)
-    run_dir = Path(out_root) / (name or f"{task.name}-{content_hash([task.name, param_dict, idents])[:8]}")
+    named = {k: v for k, v in param_dict.items() if k not in task.execution_params}
+    run_dir = Path(out_root) / (name or f"{task.name}-{content_hash([task.name, named, idents])[:8]}")
     check_existing(run_dir, task.name)
     return RunPlan(task, params, requests, infos, cells, run_dir, corpus_fp)

@@ -131,6 +131,7 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
     rows: dict[str, list[dict]] = {t: [] for t in task.tables}
     labels = model_labels(infos)
     telemetry = []
+    prefix: dict[int, list[dict]] = {}
     done = 0
     for cell in plan.cells:  # grid order, so tables never depend on the order cells ran in
         saved = load_cell(plan.cell_path(cell), cell.key)
@@ -143,6 +144,8 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
                 {**front, **{k: v for k, v in r.items() if k not in front}} for r in table_rows)
         telemetry.append({**front, "cell": json.dumps(cell.coords, sort_keys=True), "key": cell.key,
                           "cost": cell.cost, **saved.get("telemetry", {})})
+        if "prefix_cache" in saved.get("telemetry", {}):
+            prefix.setdefault(cell.model_index, []).append(saved["telemetry"])
         done += 1
     tables = {t: pd.DataFrame(r) if r else pd.DataFrame(columns=list(MODEL_COLUMNS)) for t, r in rows.items()}
     if done:
@@ -156,6 +159,8 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
         atomic_write(tables_dir / f"{table}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
         atomic_write(tables_dir / f"{table}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
     manifest.update(cells_done=done, finished_at=now(), status=status, tables=sorted(tables))
+    for m, cells_telemetry in prefix.items():
+        manifest["models"][m]["prefix_cache"] = prefix_cache_summary(cells_telemetry)
     if draw and done:
         figures_dir = run_dir / "figures"
         drawn = writing(figures_dir, lambda: _draw(task, tables, manifest, figures_dir))
@@ -164,6 +169,16 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
         writing(run_dir, lambda: task.finalize(run_dir, tables, params))
     write_json(run_dir / "manifest.json", manifest)
     return done
+
+
+def prefix_cache_summary(telemetry: list[dict]) -> dict:
+    """A model's shared-prefix prefill over its finished cells: mode used / off / fallback (with the reason)."""
+    kinds = [t.get("prefix_cache") for t in telemetry]
+    reasons = [t["prefix_reason"] for t in telemetry if t.get("prefix_reason")]
+    mode = "fallback" if reasons else "off" if all(k == "off" for k in kinds) else "used"
+    out = {"mode": mode, "shared_cells": kinds.count("shared"), "fresh_cells": kinds.count("fresh"),
+           "reused_tokens": sum(int(t.get("prefix_tokens") or 0) for t in telemetry)}
+    return {**out, "reason": reasons[0]} if reasons else out
 
 
 def _draw(task, tables, manifest, figures_dir) -> list:
