@@ -129,6 +129,49 @@ def test_build_reference_rejects_bad_input():
         build_reference("softmax", steps=0)
 
 
+@pytest.fixture(scope="module")
+def quick_tokenizer(tmp_path_factory):
+    return tmp_path_factory.mktemp("quick-tok")  # the first quick build trains it here, the others load it
+
+
+def _quick(variant, out, tokenizer_dir, **kw):
+    return build_reference(variant, out, quick=True, steps=10, progress=False, threads=1, echo=lambda m: None,
+                           overrides={"eval_every": 3}, tokenizer_dir=tokenizer_dir, **kw)
+
+
+def _log_without_time(path):
+    import csv
+
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(path.open())]
+
+
+@pytest.mark.parametrize("variant,kept", [("ssmax", 3), ("ssmax-late", 9)])  # ssmax-late switches after step 8
+def test_resumed_build_equals_an_uninterrupted_one(tmp_path, variant, kept, quick_tokenizer):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    whole = _quick(variant, tmp_path / "whole", quick_tokenizer)
+    cut = _quick(variant, tmp_path / "cut", quick_tokenizer, keep_checkpoints=True)
+    for later in sorted((cut / "checkpoints").glob("step_*")):
+        if int(later.name.split("_")[1]) > kept:  # as if the run had died after step `kept`
+            shutil.rmtree(later)
+    for name in ("model.safetensors", "train_log.csv"):
+        (cut / name).unlink()
+    assert _quick(variant, tmp_path / "cut", quick_tokenizer, resume=True) == cut
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_without_time(whole / "train_log.csv") == _log_without_time(cut / "train_log.csv")
+
+
+def test_resume_refuses_nothing_to_resume_and_another_recipe(tmp_path, quick_tokenizer):
+    with pytest.raises(UserError, match="nothing to resume"):
+        _quick("ssmax", tmp_path / "empty", quick_tokenizer, resume=True)
+    _quick("ssmax", tmp_path / "run", quick_tokenizer, keep_checkpoints=True)
+    with pytest.raises(UserError, match="another recipe"):
+        _quick("softmax", tmp_path / "run", quick_tokenizer, resume=True)
+
+
 def _shipped_pairs():
     from harness.checkpoint import reference_models
     from harness.reference.recipes import RECIPES

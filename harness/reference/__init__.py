@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +16,13 @@ VARIANTS = ("softmax", "ssmax", "ssmax-fixed", "ssmax-bias", "ssmax-late")
 def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = "base", steps: int | None = None,
                     quick: bool = False,
                     progress: bool = True, tokenizer_dir: Path | None = None, threads: int | None = None,
-                    overrides: dict | None = None, keep_checkpoints: bool = False, echo=print) -> Path:
-    """Train one reference model of a recipe (tokenizer, curriculum, checkpoint + train_log.csv); return its directory."""
+                    overrides: dict | None = None, keep_checkpoints: bool = False, resume: bool = False,
+                    echo=print) -> Path:
+    """Train one reference model of a recipe (tokenizer, curriculum, checkpoint + train_log.csv); return its directory.
+
+    `resume` continues from the latest kept checkpoint in OUT/checkpoints (a run with keep_checkpoints
+    that stopped); the result equals an uninterrupted run's.
+    """
     from harness.reference.recipes import get_recipe
 
     chosen = get_recipe(recipe)
@@ -34,13 +40,13 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
         torch.set_num_threads(threads)
     try:
         return _build(variant, chosen, out_dir, steps=steps, quick=quick, progress=progress, tokenizer_dir=tokenizer_dir,
-                      overrides=overrides, keep_checkpoints=keep_checkpoints, echo=echo)
+                      overrides=overrides, keep_checkpoints=keep_checkpoints or resume, resume=resume, echo=echo)
     finally:
         torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
 
 
 def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
-           echo) -> Path:
+           resume, echo) -> Path:
     """build_reference's work, with arguments already checked."""
     from harness.corpus import load_corpus
     from harness.reference import train as tr
@@ -64,6 +70,9 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         vocab = VOCAB_SIZE
     if overrides:
         cfg = replace(cfg, **overrides)
+    start = _resume_point(out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name)) if resume else None
+    if start is not None:
+        tokenizer_dir = start  # the run's own tokenizer
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
@@ -77,9 +86,14 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
     heldout_rows = RowMaker(tokenizer, token_stream(tokenizer, heldout_docs), cfg.seq_len, cfg.training_length,
                             cfg.answer_weight, cfg.distractor_p)
     model = tr.build_model(variant, shape, tokenizer, cfg)
+    state = None
+    if start is not None:
+        state = tr.load_train_state(start)
+        tr.restore_weights(model, variant, cfg, start, state.step)
+        echo(f"resuming {variant} at step {state.step} from {start}")
     log_path = out_dir / "train_log.csv"
 
-    def keep(step, model):
+    def keep(step, model, state):
         # Constant lr after warm-up: any checked step is a complete model; keep it with its log so far.
         import shutil
 
@@ -87,11 +101,33 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         tr.save_checkpoint(model, tokenizer, ckpt, tr.recipe(variant, shape, replace(cfg, steps=step),
                                                              train_corpus.fingerprint, chosen.name))
         shutil.copyfile(log_path, ckpt / "train_log.csv")
+        tr.save_train_state(state, ckpt)  # last: a checkpoint without it is never resumed from
 
     tr.train(model, variant, train_rows, heldout_rows, cfg, log_path, progress=progress, echo=echo,
-             on_eval=keep if keep_checkpoints else None)
+             on_eval=keep if keep_checkpoints else None, resume=state)
     tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name))
     return out_dir
+
+
+def _resume_point(out_dir: Path, wanted: dict) -> Path:
+    """The latest kept checkpoint under OUT/checkpoints; UserError if there is none or it has another recipe."""
+    found = sorted((out_dir / "checkpoints").glob("step_*/train_state.pt"))
+    if not found:
+        raise UserError(f"nothing to resume in {out_dir / 'checkpoints'}: no kept checkpoint with train_state.pt "
+                        f"(train with --keep-checkpoints to make resume points)")
+    latest = found[-1].parent
+    if _comparable(json.loads((latest / "train_recipe.json").read_text())) != _comparable(wanted):
+        raise UserError(f"{latest} was trained with another recipe; resume with the same --recipe, --variant and "
+                        f"settings, or train into a new --out")
+    return latest
+
+
+def _comparable(recipe: dict) -> dict:
+    """A recipe record as JSON without its step count: a kept checkpoint records its own step, and more steps
+    may follow at the constant learning rate (ssmax-late's switch step follows the resumed call's steps)."""
+    doc = json.loads(json.dumps(recipe, default=str))
+    doc["train"].pop("steps", None)
+    return doc
 
 
 __all__ = ["REFERENCE_DIR", "VARIANTS", "build_reference"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,28 +134,48 @@ LOG_FIELDS = ("step", "loss", "tokens", "seconds", "lr", "stage", "answer_loss",
               "heldout_nll")
 
 
+@dataclass(frozen=True)
+class TrainState:
+    """Where a stopped run resumes: the last finished step, its optimizer state and its log so far."""
+
+    step: int
+    tokens: int
+    seconds: float
+    optimizer: dict
+    log: tuple[dict, ...]
+
+
 def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg: TrainConfig, log_path: Path,
-          progress: bool = True, log_every: int = 10, echo=print, on_eval=None) -> list[dict]:
+          progress: bool = True, log_every: int = 10, echo=print, on_eval=None,
+          resume: TrainState | None = None) -> list[dict]:
     """Run the curriculum (copy stage, then the mixture); write the CSV log; return the log rows.
 
-    `on_eval(step, model)` is called after each held-out check (used to keep intermediate checkpoints).
+    `on_eval(step, model, state)` is called after each held-out check with the TrainState to resume
+    from (used to keep intermediate checkpoints). `resume` continues a run from such a state (the
+    model must hold that step's weights): batches depend only on (seed, step) and nothing else is
+    random, so the continued run equals an uninterrupted one step for step.
     """
-    opt = _optimizer(model, cfg)
     switch_at = int(round(cfg.steps * (1 - cfg.late_fraction))) if variant == "ssmax-late" else None
+    opt = _optimizer(model, cfg)
+    first, tokens, log = 1, 0, []
+    start = time.time()
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer)  # restore_weights gave a late switcher its s: groups match
+        first, tokens, log = resume.step + 1, resume.tokens, [dict(r) for r in resume.log]
+        start -= resume.seconds
     model.train()
-    log: list[dict] = []
-    start, tokens = time.time(), 0
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=f"train {variant}", unit="step")
+        bar = tqdm(total=cfg.steps, initial=first - 1, desc=f"train {variant}", unit="step")
     with log_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         writer.writeheader()
-        for step in range(1, cfg.steps + 1):
+        writer.writerows({k: row.get(k, "") for k in LOG_FIELDS} for row in log)
+        for step in range(first, cfg.steps + 1):
             if switch_at is not None and step == switch_at + 1:
                 _switch_to_ssmax(model, opt, cfg)
             stage = "copy" if step <= cfg.copy_steps else "mix"
@@ -195,7 +215,8 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
                 f.flush()
                 log.append(row)
                 if is_eval and on_eval is not None:
-                    on_eval(step, model)
+                    on_eval(step, model, TrainState(step, tokens, round(time.time() - start, 1), opt.state_dict(),
+                                                    tuple(log)))
     if bar is not None:
         bar.close()
     model.eval()
@@ -211,11 +232,38 @@ def save_checkpoint(model, tokenizer, out_dir: Path, recipe: dict) -> None:
     (out_dir / "train_recipe.json").write_text(json.dumps(recipe, indent=2, default=str) + "\n")
 
 
+def restore_weights(model, variant: str, cfg: TrainConfig, checkpoint: Path, step: int) -> None:
+    """Load a kept checkpoint's weights into a freshly built model of the same recipe (for `train(resume=...)`)."""
+    from safetensors.torch import load_file
+
+    from harness.attention import add_ssmax_parameters, apply_attention
+
+    if variant == "ssmax-late" and step > int(round(cfg.steps * (1 - cfg.late_fraction))):
+        add_ssmax_parameters(model, cfg.init_s)  # past its switch the model has s (the file holds its values)
+        apply_attention(model, "ssmax")
+    missing, unexpected = model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embeddings
+        raise ValueError(f"checkpoint {checkpoint} does not fit the recipe: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+
+
+def save_train_state(state: TrainState, out_dir: Path) -> None:
+    """Write OUT_DIR/train_state.pt (tensors and plain values only: loads with torch.load(weights_only=True))."""
+    torch.save(asdict(state), Path(out_dir) / "train_state.pt")
+
+
+def load_train_state(out_dir: Path) -> TrainState:
+    """The TrainState saved in OUT_DIR/train_state.pt (no pickled code is executed)."""
+    d = torch.load(Path(out_dir) / "train_state.pt", weights_only=True)
+    return TrainState(int(d["step"]), int(d["tokens"]), float(d["seconds"]), d["optimizer"], tuple(d["log"]))
+
+
 def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint: str, name: str = "base") -> dict:
     """The JSON record of how a checkpoint was trained."""
     return {"recipe": name, "variant": variant, "shape": asdict(shape), "train": {**asdict(cfg), "seq_len": cfg.seq_len},
             "corpus": "builtin:stdlib", "split": "train", "corpus_fingerprint": corpus_fingerprint}
 
 
-__all__ = ["ModelShape", "TrainConfig", "build_model", "train", "evaluate", "save_checkpoint",
+__all__ = ["ModelShape", "TrainConfig", "TrainState", "build_model", "train", "evaluate", "save_checkpoint",
+           "save_train_state", "load_train_state", "restore_weights",
            "recipe", "weighted_loss", "model_config", "TokenStream", "replace"]
