@@ -222,7 +222,9 @@ class AttentionProbeTask(NeedleTask):
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """needle_score_top_heads.png, needle_score_best_head.png, attention_fading.png."""
-        from harness.plots import attention_fading_figure, best_head_figure, top_heads_figure
+        from functools import partial
+
+        from harness.plots import attention_fading_figure, best_head_figure, top_heads_figure, training_lengths
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,8 @@ class AttentionProbeTask(NeedleTask):
             jobs += [("needle_score_top_heads.png", top_heads_figure, scores),
                      ("needle_score_best_head.png", best_head_figure, scores)]
         if fading is not None and not fading.empty:
-            jobs.append(("attention_fading.png", attention_fading_figure, fading))
+            lengths = training_lengths(manifest) or None
+            jobs.append(("attention_fading.png", partial(attention_fading_figure, train_lengths=lengths), fading))
         for name, draw, df in jobs:
             path = out_dir / name
             draw(df).savefig(path, dpi=120, bbox_inches="tight")

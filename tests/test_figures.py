@@ -141,3 +141,14 @@ def test_legend_labels_are_short(tmp_path):
     plots.position_loss_curves(ax, loss_rows(LONG, train=64, stop=300), train_length={LONG_NAME: 64})
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "softmax · θ=100000" and LONG_NAME in ax.get_legend().get_title().get_text()
+
+
+def test_attention_fading_marks_the_training_length():
+    from tests.synthetic_runs import probe_rows
+
+    _, fading = probe_rows()
+    fig = plots.attention_fading_figure(fading, train_lengths={"m": 64})
+    for ax in fig.axes[:2]:
+        vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [64, 64]]
+        assert len(vertical) == 1 and vertical[0].get_linestyle() == ":"
+    assert not any(list(line.get_xdata()) == [64, 64] for line in plots.attention_fading_figure(fading).axes[0].get_lines())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from harness.plots.curves import legend_with_shared
+from harness.plots.curves import legend_with_shared, training_length_lines
 from harness.plots.heatmaps import full_keys, panels
 from harness.plots.labels import chars_per_line, figure_title, grid_shape, panel_names, shared_line, wrap_title
 from harness.tables import fading_quantiles, head_ranking
@@ -63,9 +63,11 @@ def best_head_trials(ax, df, *, head: tuple[int, int] | None = None, title=None)
     return ax
 
 
-def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.75), reference: bool = True):
+def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.75), reference: bool = True,
+                            train_length=None):
     """Largest weight (or entropy) vs n on log x: median over heads per model, with an inter-quantile band.
-    Line labels leave out what every line shares; the legend title says it."""
+    Line labels leave out what every line shares; the legend title says it. train_length (an int, a
+    {model: length} dict, or None): a dotted vertical line at each distinct training length."""
     stats = fading_quantiles(df, value, band)
     panel_list, keys = panels(stats)
     names = panel_names(full_keys(panel_list, keys))
@@ -79,6 +81,7 @@ def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.
         ref = 1.0 / ns if value == "max_weight" else np.log(ns)
         ax.plot(ns, ref, color="black", linestyle=":", linewidth=1,
                 label="uniform (1/n)" if value == "max_weight" else "uniform (ln n)")
+    training_length_lines(ax, train_length)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("keys visible to the query row (n)")
     names_of = {"max_weight": "largest attention weight", "entropy": "attention entropy (nats)"}
@@ -124,12 +127,13 @@ def best_head_figure(df) -> Figure:
     return fig
 
 
-def attention_fading_figure(df) -> Figure:
-    """Attention fading: largest weight and entropy vs n (log x), one line per (model, attention, theta)."""
+def attention_fading_figure(df, *, train_lengths=None) -> Figure:
+    """Attention fading: largest weight and entropy vs n (log x), one line per (model, attention, theta);
+    a dotted line at each training length (train_lengths: an int, a {model: length} dict, or None)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
-    attention_fading_curves(left, df, value="max_weight")
+    attention_fading_curves(left, df, value="max_weight", train_length=train_lengths)
     left.set_title("largest attention weight vs n", fontsize=10)
-    attention_fading_curves(right, df, value="entropy")
+    attention_fading_curves(right, df, value="entropy", train_length=train_lengths)
     right.set_title("attention entropy vs n", fontsize=10)
     return fig
