@@ -34,22 +34,24 @@ PRESET_TABLE: tuple[tuple[str, str, dict], ...] = (
 """(task name, one-line description, defaults that differ from RetrievalParams) per preset."""
 
 
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 def preset_params(name: str, defaults: dict) -> type:
     """A frozen RetrievalParams subclass whose fields in `defaults` default to the given values."""
     fields = {f.name: f for f in dataclasses.fields(RetrievalParams)}
     unknown = set(defaults) - set(fields)
     if unknown:
         raise TypeError(f"preset {name}: RetrievalParams has no field(s) {sorted(unknown)}")
-    camel = "".join(part.capitalize() for part in name.split("_"))
     return dataclasses.make_dataclass(
-        f"{camel}Params", [(k, fields[k].type, dataclasses.field(default=v)) for k, v in defaults.items()],
+        f"{_camel(name)}Params", [(k, fields[k].type, dataclasses.field(default=v)) for k, v in defaults.items()],
         bases=(RetrievalParams,), frozen=True, namespace={"__doc__": f"{name} defaults.", "__module__": __name__})
 
 
 def _register(name: str, about: str, defaults: dict) -> type:
     """Register task `name`: RetrievalTask with the preset's Params."""
-    camel = "".join(part.capitalize() for part in name.split("_"))
-    task = type(camel, (RetrievalTask,), {"__doc__": about, "__module__": __name__,
+    task = type(_camel(name), (RetrievalTask,), {"__doc__": about, "__module__": __name__,
                                           "Params": preset_params(name, defaults)})
     return register_task(name)(task)
 

@@ -93,7 +93,7 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         echo(f"resuming {variant} at step {state.step} from {start}")
     log_path = out_dir / "train_log.csv"
 
-    def keep(step, model, state):
+    def keep(step, model, resume_point):
         # Constant lr after warm-up: any checked step is a complete model; keep it with its log so far.
         import shutil
 
@@ -101,7 +101,7 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         tr.save_checkpoint(model, tokenizer, ckpt, tr.recipe(variant, shape, replace(cfg, steps=step),
                                                              train_corpus.fingerprint, chosen.name))
         shutil.copyfile(log_path, ckpt / "train_log.csv")
-        tr.save_train_state(state, ckpt)  # last: a checkpoint without it is never resumed from
+        tr.save_train_state(resume_point, ckpt)  # last: a checkpoint without it is never resumed from
 
     tr.train(model, variant, train_rows, heldout_rows, cfg, log_path, progress=progress, echo=echo,
              on_eval=keep if keep_checkpoints else None, resume=state)

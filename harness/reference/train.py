@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,11 @@ LOG_FIELDS = ("step", "loss", "tokens", "seconds", "lr", "stage", "answer_loss",
               "heldout_nll")
 
 
+def late_switch_step(cfg: TrainConfig) -> int:
+    """The last softmax step of an ssmax-late run (SSMax from the next step on)."""
+    return int(round(cfg.steps * (1 - cfg.late_fraction)))
+
+
 @dataclass(frozen=True)
 class TrainState:
     """Where a stopped run resumes: the last finished step, its optimizer state and its log so far."""
@@ -155,7 +160,7 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
     model must hold that step's weights): batches depend only on (seed, step) and nothing else is
     random, so the continued run equals an uninterrupted one step for step.
     """
-    switch_at = int(round(cfg.steps * (1 - cfg.late_fraction))) if variant == "ssmax-late" else None
+    switch_at = late_switch_step(cfg) if variant == "ssmax-late" else None
     opt = _optimizer(model, cfg)
     first, tokens, log = 1, 0, []
     start = time.time()
@@ -238,7 +243,7 @@ def restore_weights(model, variant: str, cfg: TrainConfig, checkpoint: Path, ste
 
     from harness.attention import add_ssmax_parameters, apply_attention
 
-    if variant == "ssmax-late" and step > int(round(cfg.steps * (1 - cfg.late_fraction))):
+    if variant == "ssmax-late" and step > late_switch_step(cfg):
         add_ssmax_parameters(model, cfg.init_s)  # past its switch the model has s (the file holds its values)
         apply_attention(model, "ssmax")
     missing, unexpected = model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"), strict=False)
@@ -249,7 +254,8 @@ def restore_weights(model, variant: str, cfg: TrainConfig, checkpoint: Path, ste
 
 def save_train_state(state: TrainState, out_dir: Path) -> None:
     """Write OUT_DIR/train_state.pt (tensors and plain values only: loads with torch.load(weights_only=True))."""
-    torch.save(asdict(state), Path(out_dir) / "train_state.pt")
+    # a shallow dict: dataclasses.asdict would deep-copy every optimizer tensor first
+    torch.save({f.name: getattr(state, f.name) for f in fields(state)}, Path(out_dir) / "train_state.pt")
 
 
 def load_train_state(out_dir: Path) -> TrainState:
