@@ -198,7 +198,7 @@ class RetrievalTask(DepthGrid, Task):
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """retrieval_heatmap_<task>.png per preset: accuracy over length x depth, one panel per model."""
-        from harness.plots import needle_heatmap_figure, training_lengths
+        from harness.plots import retrieval_heatmap_figures, training_lengths
 
         df = tables.get("retrieval")
         if df is None or df.empty:
@@ -206,9 +206,7 @@ class RetrievalTask(DepthGrid, Task):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for task, part in df.groupby("task", sort=True):
-            fig = needle_heatmap_figure(part, train_lengths=training_lengths(manifest), suptitle=str(task))
-            fig.axes[-1].set_ylabel("accuracy (every asked value)")  # the shared colorbar
+        for task, fig in retrieval_heatmap_figures(df, train_lengths=training_lengths(manifest)).items():
             out = out_dir / f"retrieval_heatmap_{task}.png"
             fig.savefig(out, dpi=120, bbox_inches="tight")
             paths.append(out)
