@@ -9,6 +9,8 @@ import pytest
 from harness.runner import ModelRequest, plan_run
 
 PINNED = {"needle": ["fda857a60d969ff2", "22ff8031e1283e96", "d7a25caa80bc304a", "b2af92c5bc354683", "6f88bca62d16c156", "a6af009eb3dbb3e4", "aaf6e6f57c76d41e", "d8282fae539fd78f"], "position_loss": ["de11995288b299bf", "66bedda43510c39c", "e7bbcf103744c1b5", "5477ec310b6f02a3"], "attention_probe": ["5b1c19d6e0d2dc77", "8e032782631da86e"]}
+PINNED_NAMES = {"needle": "needle-f9390627", "niah_single_2": "niah_single_2-1a6c0a5f",
+                "attention_probe": "attention_probe-ab665d28"}
 CORPUS = "/tmp/lch-pinned-corpus"  # part of the params, so part of the keys: a fixed path
 PARAMS = {
     "needle": {"corpus": CORPUS, "lengths": "128,256", "depths": "0,1", "trials": 1},
@@ -40,6 +42,15 @@ def test_execution_params_leave_keys_and_the_run_name_alone(task, tmp_path):
     added = {"niah_single_2": {"save_prompts": "false"}, "attention_probe": {"prompts": "needle"}}.get(task)
     if added:
         same = plan_run(task, ["reference/softmax"], {**params, **added}, out_root=tmp_path)
-        assert [c.key for c in same.cells] == [c.key for c in plans[0].cells]
+        assert [c.key for c in same.cells] == [c.key for c in plans[0].cells] and same.run_dir == plans[0].run_dir
     changed = plan_run(task, ["reference/softmax"], {**params, "seed": 1}, out_root=tmp_path)
     assert not {c.key for c in changed.cells} & {c.key for c in plans[0].cells}  # a result-changing param does change them
+    assert changed.run_dir != plans[0].run_dir
+
+
+def test_default_run_names_are_pinned(tmp_path):
+    """Default run folders keep their names across versions (added params at their old value change nothing)."""
+    params = {"corpus": "builtin:stdlib", "lengths": "128,256", "depths": "0,1", "trials": 1}
+    names = {task: plan_run(task, ["reference/softmax"], params, out_root=tmp_path).run_dir.name
+             for task in ("needle", "niah_single_2", "attention_probe")}
+    assert names == PINNED_NAMES

@@ -125,15 +125,16 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
     # The key: everything that decides a cell's result. Grid-only params are left out, so a larger
     # grid reuses the cells it shares with a smaller one.
     # Parameters added after runs existed leave keys alone while at their old behaviour's value.
-    # Execution-only parameters (how cells run, never what they give) leave keys and the run name alone.
-    keyed = {k: v for k, v in param_dict.items() if k not in task.grid_params and k not in task.execution_params
+    # Execution-only parameters (how cells run, never what they give) leave keys and the run name alone;
+    # so do added parameters at their old value (a new parameter renames no default run folder).
+    named = {k: v for k, v in param_dict.items() if k not in task.execution_params
              and not (k in task.added_params and v == task.added_params[k])}
+    keyed = {k: v for k, v in named.items() if k not in task.grid_params}
     base = {"schema": SCHEMA_VERSION, "task": task.name, "task_version": task.version,
             "params": keyed, "corpus": corpus_fp}
     cells = tuple(Cell(m, c, content_hash({**base, "model": idents[m], "cell": c}), float(task.cost(params, c)),
                        task.group(params, c), task.order(params, c))
                   for m in range(len(infos)) for c in coords)
-    named = {k: v for k, v in param_dict.items() if k not in task.execution_params}
     run_dir = Path(out_root) / (name or f"{task.name}-{content_hash([task.name, named, idents])[:8]}")
     check_existing(run_dir, task.name)
     return RunPlan(task, params, requests, infos, cells, run_dir, corpus_fp)
