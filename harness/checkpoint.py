@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,25 @@ def resolve_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[str, Path
     if path.exists():
         if not path.is_dir():
             raise UserError(f"model path {spec!r} is a file; give a checkpoint directory (config.json + weights)")
-        return path.resolve().name, path.resolve()
+        return local_display_name(path), path.resolve()
     if _looks_like_hub_id(spec):
         return spec, _download(spec, allow_pickle)
     raise UserError(f"model {spec!r} not found: not a directory, a hub id (org/name) or reference/softmax|ssmax")
+
+
+_NUMBERED = re.compile(r"(checkpoint|ckpt|step|iter|global_step)[-_]?\d+", re.IGNORECASE)
+_GENERIC = {"checkpoints", "checkpoint", "ckpts", "ckpt", "models", "outputs", "output"}
+
+
+def local_display_name(path: Path) -> str:
+    """A local checkpoint's name in tables: its folder as given (a symlink keeps its own name); numbered
+    folders such as `checkpoint-500` or `step_03000` with the run folder above them (`run-a/checkpoint-500`,
+    `run-a/checkpoints/step_03000` -> `run-a/step_03000`)."""
+    path = Path(os.path.abspath(path))  # normalises . and .. without following symlinks
+    if not _NUMBERED.fullmatch(path.name):
+        return path.name
+    run = next((p.name for p in path.parents if p.name and p.name.lower() not in _GENERIC), "")
+    return f"{run}/{path.name}" if run else path.name
 
 
 def reference_models() -> list[str]:

@@ -1,6 +1,7 @@
 """load_model: local checkpoints, SSMax convention, RoPE override, and clear errors for bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,18 @@ def test_reference_not_built_is_clear(monkeypatch, tmp_path):
 
     monkeypatch.setattr(checkpoint, "REFERENCE_DIR", tmp_path)
     one_line_error(lambda: load_model("reference/ssmax"), "not built yet")
+
+
+def test_local_names_tell_numbered_checkpoints_apart(tmp_path, tiny_checkpoint):
+    """Two runs' `checkpoint-500` (or `checkpoints/step_03000`) folders get different names; symlinks keep theirs."""
+    from harness.checkpoint import local_display_name, resolve_checkpoint
+
+    assert local_display_name(tmp_path / "run-a" / "checkpoint-500") == "run-a/checkpoint-500"
+    assert local_display_name(tmp_path / "run-b" / "checkpoints" / "step_03000") == "run-b/step_03000"
+    assert local_display_name(tmp_path / "run-a" / "final") == "final"
+    assert local_display_name(tmp_path / "run-a" / "x" / ".." / "final") == "final"
+    target = Path(tiny_checkpoint())
+    link = tmp_path / "my-model"
+    link.symlink_to(target)
+    name, path = resolve_checkpoint(str(link))
+    assert name == "my-model" and path == target.resolve()

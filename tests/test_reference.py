@@ -164,6 +164,29 @@ def test_resumed_build_equals_an_uninterrupted_one(tmp_path, variant, kept, quic
     assert _log_without_time(whole / "train_log.csv") == _log_without_time(cut / "train_log.csv")
 
 
+def test_ssmax_late_branched_from_softmax_equals_a_whole_run(tmp_path, quick_tokenizer):
+    """ssmax-late is the softmax run up to its switch (after step 8): branching at the kept step 6 trains 4 steps."""
+    from safetensors.torch import load_file
+
+    whole = _quick("ssmax-late", tmp_path / "whole", quick_tokenizer, keep_checkpoints=True)
+    softmax = _quick("softmax", tmp_path / "softmax", quick_tokenizer, keep_checkpoints=True)
+    said = []
+    branched = build_reference("ssmax-late", tmp_path / "late", quick=True, steps=10, progress=False, threads=1,
+                               echo=said.append, overrides={"eval_every": 3}, branch_from=softmax)
+    assert said[0] == (f"branching ssmax-late at step 6 from {softmax / 'checkpoints' / 'step_00006'}")
+    a, b = load_file(whole / "model.safetensors"), load_file(branched / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_without_time(whole / "train_log.csv") == _log_without_time(branched / "train_log.csv")
+    recipe = json.loads((branched / "train_recipe.json").read_text())
+    assert recipe["variant"] == "ssmax-late" and recipe == json.loads((whole / "train_recipe.json").read_text())
+    with pytest.raises(UserError, match="needs --variant ssmax-late"):
+        _quick("ssmax", tmp_path / "x", quick_tokenizer, branch_from=softmax)
+    with pytest.raises(UserError, match="not the softmax run"):
+        _quick("ssmax-late", tmp_path / "y", quick_tokenizer, branch_from=whole)  # an ssmax-late run's checkpoints
+    with pytest.raises(UserError, match="nothing to branch from"):
+        _quick("ssmax-late", tmp_path / "z", quick_tokenizer, branch_from=tmp_path / "empty")
+
+
 def test_resume_refuses_nothing_to_resume_and_another_recipe(tmp_path, quick_tokenizer):
     with pytest.raises(UserError, match="nothing to resume"):
         _quick("ssmax", tmp_path / "empty", quick_tokenizer, resume=True)

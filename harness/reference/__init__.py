@@ -17,11 +17,13 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
                     quick: bool = False,
                     progress: bool = True, tokenizer_dir: Path | None = None, threads: int | None = None,
                     overrides: dict | None = None, keep_checkpoints: bool = False, resume: bool = False,
-                    echo=print) -> Path:
+                    branch_from: Path | None = None, echo=print) -> Path:
     """Train one reference model of a recipe (tokenizer, curriculum, checkpoint + train_log.csv); return its directory.
 
     `resume` continues from the latest kept checkpoint in OUT/checkpoints (a run with keep_checkpoints
-    that stopped); the result equals an uninterrupted run's.
+    that stopped); the result equals an uninterrupted run's. `branch_from` (ssmax-late only) starts from
+    the softmax run in that directory at the latest kept checkpoint up to the switch step: before its
+    switch an ssmax-late run is that softmax run step for step, so only the SSMax phase is trained.
     """
     from harness.reference.recipes import get_recipe
 
@@ -32,6 +34,9 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
         raise UserError(f"--steps must be >= 1, got {steps}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    if branch_from is not None and variant != "ssmax-late":
+        raise UserError(f"--branch-from needs --variant ssmax-late (the only variant that is a softmax run up to a "
+                        f"step), got {variant!r}")
     out_dir = Path(out_dir) if out_dir is not None else REFERENCE_DIR / chosen.model_name(variant)
     import torch
 
@@ -40,13 +45,14 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
         torch.set_num_threads(threads)
     try:
         return _build(variant, chosen, out_dir, steps=steps, quick=quick, progress=progress, tokenizer_dir=tokenizer_dir,
-                      overrides=overrides, keep_checkpoints=keep_checkpoints or resume, resume=resume, echo=echo)
+                      overrides=overrides, keep_checkpoints=keep_checkpoints or resume or branch_from is not None,
+                      resume=resume, branch_from=branch_from, echo=echo)
     finally:
         torch.set_num_threads(previous_threads)  # a library call leaves the process as it found it
 
 
 def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
-           resume, echo) -> Path:
+           resume, branch_from, echo) -> Path:
     """build_reference's work, with arguments already checked."""
     from harness.corpus import load_corpus
     from harness.reference import train as tr
@@ -70,7 +76,12 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         vocab = VOCAB_SIZE
     if overrides:
         cfg = replace(cfg, **overrides)
-    start = _resume_point(out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name)) if resume else None
+    wanted = tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name)
+    start = None
+    if resume and (branch_from is None or _has_resume_points(out_dir)):
+        start = _resume_point(out_dir, wanted)
+    elif branch_from is not None:
+        start = _branch_point(Path(branch_from), {**wanted, "variant": "softmax"}, tr.late_switch_step(cfg))
     if start is not None:
         tokenizer_dir = start  # the run's own tokenizer
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").exists():
@@ -90,7 +101,8 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
     if start is not None:
         state = tr.load_train_state(start)
         tr.restore_weights(model, variant, cfg, start, state.step)
-        echo(f"resuming {variant} at step {state.step} from {start}")
+        echo(f"{'resuming' if start.parent.parent == out_dir else 'branching'} {variant} at step {state.step} "
+             f"from {start}")
     log_path = out_dir / "train_log.csv"
 
     def keep(step, model, resume_point):
@@ -107,6 +119,24 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
              on_eval=keep if keep_checkpoints else None, resume=state)
     tr.save_checkpoint(model, tokenizer, out_dir, tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name))
     return out_dir
+
+
+def _has_resume_points(out_dir: Path) -> bool:
+    return any((out_dir / "checkpoints").glob("step_*/train_state.pt"))
+
+
+def _branch_point(source: Path, wanted: dict, last_step: int) -> Path:
+    """The latest checkpoint of the softmax run SOURCE kept at or before `last_step`; UserError otherwise."""
+    found = [p.parent for p in sorted((source / "checkpoints").glob("step_*/train_state.pt"))
+             if int(p.parent.name.split("_")[1]) <= last_step]
+    if not found:
+        raise UserError(f"nothing to branch from in {source / 'checkpoints'}: no kept checkpoint with train_state.pt "
+                        f"at or before step {last_step} (the switch step)")
+    latest = found[-1]
+    if _comparable(json.loads((latest / "train_recipe.json").read_text())) != _comparable(wanted):
+        raise UserError(f"{latest} is not the softmax run of this recipe and settings; branch from a softmax run "
+                        f"trained with the same --recipe and settings")
+    return latest
 
 
 def _resume_point(out_dir: Path, wanted: dict) -> Path:

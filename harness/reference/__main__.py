@@ -20,12 +20,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep-checkpoints", action="store_true", help="save OUT/checkpoints/step_N at each check")
     ap.add_argument("--resume", action="store_true", help="continue from the latest kept checkpoint in OUT/checkpoints")
+    ap.add_argument("--branch-from", type=Path, default=None,
+                    help="ssmax-late: start from the softmax run in this directory at its switch step")
     ap.add_argument("--set", default="{}", help="JSON dict of TrainConfig overrides")
     args = ap.parse_args()
     out = build_reference(args.variant, args.out, recipe=args.recipe, steps=args.steps, quick=args.quick, progress=False,
                           tokenizer_dir=args.tokenizer_dir, threads=args.threads,
                           overrides=json.loads(args.set), keep_checkpoints=args.keep_checkpoints,
-                          resume=args.resume, echo=lambda m: print(m, flush=True))
+                          resume=args.resume, branch_from=args.branch_from, echo=lambda m: print(m, flush=True))
     print(f"saved {out}", flush=True)
 
 

@@ -45,6 +45,7 @@ def reference_build(
     threads: Annotated[Optional[int], typer.Option(help="torch threads (e.g. 1 per model when training two at once)")] = None,
     keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="also save OUT/<model>/checkpoints/step_N at every held-out check")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue each model from its latest kept checkpoint (a stopped --keep-checkpoints run)")] = False,
+    branch_from: Annotated[Optional[Path], typer.Option(help="ssmax-late: start from this softmax run's kept checkpoint at the switch step (trains only the SSMax phase)")] = None,
 ):
     """Train a reference pair of a recipe (both models step for step as committed)."""
     from harness.reference import build_reference
@@ -53,5 +54,6 @@ def reference_build(
     chosen = get_recipe(recipe)
     for v in variant or ["softmax", "ssmax"]:
         path = build_reference(v, out / chosen.model_name(v) if out else None, recipe=recipe, steps=steps, quick=quick,
-                               threads=threads, keep_checkpoints=keep_checkpoints, resume=resume)
+                               threads=threads, keep_checkpoints=keep_checkpoints, resume=resume,
+                               branch_from=branch_from)
         typer.echo(f"{chosen.model_name(v)}: {path}")
