@@ -23,7 +23,8 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
     `resume` continues from the latest kept checkpoint in OUT/checkpoints (a run with keep_checkpoints
     that stopped); the result equals an uninterrupted run's. `branch_from` (ssmax-late only) starts from
     the softmax run in that directory at the latest kept checkpoint up to the switch step: before its
-    switch an ssmax-late run is that softmax run step for step, so only the SSMax phase is trained.
+    switch an ssmax-late run is that softmax run step for step, so only the SSMax phase is trained
+    (with `resume` too, the model's own kept checkpoints come first).
     """
     from harness.reference.recipes import get_recipe
 
