@@ -42,8 +42,8 @@ RECIPES: dict[str, Recipe] = {
                shape=ModelShape(positions="nope"), train=TrainConfig(steps=4000)),
         Recipe("rope64", "RoPE as in the paper with 2 heads of dim 64 (d_model 128), training length 512",
                shape=ModelShape(heads=2), train=TrainConfig(steps=3000, training_length=512, ramp_start=128)),
-        Recipe("theta500k", "as base, but trained with RoPE base 500k: evaluated at 500k there is no raise, so past "
-                            "the training length positions are less out of distribution and fading is what is left",
+        Recipe("theta500k", "as base, but trained with RoPE base 500k, so evaluation at 500k is no raise "
+                            "(tests whether a large training base lets retrieval reach past the training length)",
                shape=ModelShape(rope_theta=500_000.0)),
     )
 }
