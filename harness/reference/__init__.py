@@ -78,10 +78,11 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
     if overrides:
         cfg = replace(cfg, **overrides)
     wanted = tr.recipe(variant, shape, cfg, train_corpus.fingerprint, chosen.name)
-    start = None
-    if resume and (branch_from is None or _has_resume_points(out_dir)):
+    start, verb = None, "resuming"
+    if resume and (branch_from is None or _kept(out_dir)):
         start = _resume_point(out_dir, wanted)
     elif branch_from is not None:
+        verb = "branching"
         start = _branch_point(Path(branch_from), {**wanted, "variant": "softmax"}, tr.late_switch_step(cfg))
     if start is not None:
         tokenizer_dir = start  # the run's own tokenizer
@@ -102,8 +103,7 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
     if start is not None:
         state = tr.load_train_state(start)
         tr.restore_weights(model, variant, cfg, start, state.step)
-        echo(f"{'resuming' if start.parent.parent == out_dir else 'branching'} {variant} at step {state.step} "
-             f"from {start}")
+        echo(f"{verb} {variant} at step {state.step} from {start}")
     log_path = out_dir / "train_log.csv"
 
     def keep(step, model, resume_point):
@@ -122,35 +122,38 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
     return out_dir
 
 
-def _has_resume_points(out_dir: Path) -> bool:
-    return any((out_dir / "checkpoints").glob("step_*/train_state.pt"))
+def _kept(run_dir: Path, last_step: int | None = None) -> list[Path]:
+    """RUN_DIR's kept checkpoints that can be resumed from (they hold train_state.pt), oldest first."""
+    found = [p.parent for p in sorted((run_dir / "checkpoints").glob("step_*/train_state.pt"))]
+    return [c for c in found if last_step is None or int(c.name.split("_")[1]) <= last_step]
+
+
+def _same_recipe(checkpoint: Path, wanted: dict) -> bool:
+    return _comparable(json.loads((checkpoint / "train_recipe.json").read_text())) == _comparable(wanted)
 
 
 def _branch_point(source: Path, wanted: dict, last_step: int) -> Path:
     """The latest checkpoint of the softmax run SOURCE kept at or before `last_step`; UserError otherwise."""
-    found = [p.parent for p in sorted((source / "checkpoints").glob("step_*/train_state.pt"))
-             if int(p.parent.name.split("_")[1]) <= last_step]
+    found = _kept(source, last_step)
     if not found:
         raise UserError(f"nothing to branch from in {source / 'checkpoints'}: no kept checkpoint with train_state.pt "
                         f"at or before step {last_step} (the switch step)")
-    latest = found[-1]
-    if _comparable(json.loads((latest / "train_recipe.json").read_text())) != _comparable(wanted):
-        raise UserError(f"{latest} is not the softmax run of this recipe and settings; branch from a softmax run "
+    if not _same_recipe(found[-1], wanted):
+        raise UserError(f"{found[-1]} is not the softmax run of this recipe and settings; branch from a softmax run "
                         f"trained with the same --recipe and settings")
-    return latest
+    return found[-1]
 
 
 def _resume_point(out_dir: Path, wanted: dict) -> Path:
     """The latest kept checkpoint under OUT/checkpoints; UserError if there is none or it has another recipe."""
-    found = sorted((out_dir / "checkpoints").glob("step_*/train_state.pt"))
+    found = _kept(out_dir)
     if not found:
         raise UserError(f"nothing to resume in {out_dir / 'checkpoints'}: no kept checkpoint with train_state.pt "
                         f"(train with --keep-checkpoints to make resume points)")
-    latest = found[-1].parent
-    if _comparable(json.loads((latest / "train_recipe.json").read_text())) != _comparable(wanted):
-        raise UserError(f"{latest} was trained with another recipe; resume with the same --recipe, --variant and "
+    if not _same_recipe(found[-1], wanted):
+        raise UserError(f"{found[-1]} was trained with another recipe; resume with the same --recipe, --variant and "
                         f"settings, or train into a new --out")
-    return latest
+    return found[-1]
 
 
 def _comparable(recipe: dict) -> dict:
