@@ -87,6 +87,39 @@ def test_trainer_loss_falls(tokenizer, rows, tmp_path):
     assert header[:4] == ["step", "loss", "tokens", "seconds"]
 
 
+def test_random_positions_are_sorted_distinct_and_seeded():
+    a = tr.random_positions(np.random.default_rng([0, 3]), 4, 50, 800)
+    b = tr.random_positions(np.random.default_rng([0, 3]), 4, 50, 800)
+    assert a.shape == (4, 50) and (a == b).all()
+    assert (np.diff(a, axis=1) > 0).all() and a.min() >= 0 and a.max() < 800
+    assert a.max() > 400  # spread over the span, not 0..49
+
+
+def test_random_positions_keep_attention_causal_over_the_whole_row(tokenizer, rows):
+    """Position ids that do not step by 1 must not be read as packed sequences (each token alone)."""
+    model = tr.build_model("softmax", TINY, tokenizer, TINY_CFG).eval()
+    ids = torch.as_tensor(rows.text_row(np.random.default_rng(0))[0][None, :40])
+    pos = torch.as_tensor(tr.random_positions(np.random.default_rng(1), 1, 40, 16 * 40))
+    changed = ids.clone()
+    changed[0, 5] = (ids[0, 5] + 1) % len(tokenizer)
+    w = torch.ones(ids.shape)
+    with torch.no_grad():
+        _, nll, _ = tr.weighted_loss(model, ids, w, pos)
+        _, nll_changed, _ = tr.weighted_loss(model, changed, w, pos)
+        _, nll_consecutive, _ = tr.weighted_loss(model, ids, w)
+    assert torch.equal(nll[:4], nll_changed[:4])  # predictions before token 5 never see it
+    assert not torch.allclose(nll[10:], nll_changed[10:])  # later ones do (they would not if packed)
+    assert not torch.allclose(nll[1:], nll_consecutive[1:])  # the positions reach RoPE
+
+
+def test_randpos_recipe_differs_from_base_only_in_positions():
+    from harness.reference.recipes import RECIPES
+
+    base, randpos = RECIPES["base"], RECIPES["randpos"]
+    assert randpos.shape == base.shape
+    assert replace(randpos.train, position_span=1) == base.train and randpos.train.position_span == 16
+
+
 def test_ssmax_checkpoint_saves_and_loads_its_s(tokenizer, rows, tmp_path):
     import harness
     from harness.attention import attention_modules

@@ -69,7 +69,8 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         train_docs, heldout_docs = train_docs[:40], heldout_docs[:10]
         shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128, positions=chosen.shape.positions)
         cfg = tr.TrainConfig(steps=steps or 30, batch_size=4, training_length=128, copy_steps=10, warmup=5,
-                             eval_every=max(steps or 30, 1), eval_trials=8)
+                             eval_every=max(steps or 30, 1), eval_trials=8,
+                             eval_long_trials=4, position_span=chosen.train.position_span)
         vocab = 512
     else:
         shape = chosen.shape
@@ -156,11 +157,21 @@ def _resume_point(out_dir: Path, wanted: dict) -> Path:
     return found[-1]
 
 
+_ADDED_TRAIN_FIELDS = {"position_span": 1}
+"""TrainConfig fields added after checkpoints were kept, at the value that trains as before"""
+
+
 def _comparable(recipe: dict) -> dict:
-    """A recipe record as JSON without its step count: a kept checkpoint records its own step, and more steps
-    may follow at the constant learning rate (ssmax-late's switch step follows the resumed call's steps)."""
+    """A recipe record as JSON without what does not decide the weights: its step count (a kept checkpoint
+    records its own step, and more steps may follow at the constant learning rate; ssmax-late's switch step
+    follows the resumed call's steps), the held-out checks, and added fields at their old value."""
     doc = json.loads(json.dumps(recipe, default=str))
-    doc["train"].pop("steps", None)
+    train = doc["train"]
+    for name in ("steps", "eval_every", "eval_trials", "eval_multiples", "eval_long_trials"):
+        train.pop(name, None)
+    for name, old in _ADDED_TRAIN_FIELDS.items():
+        if train.get(name, old) == old:
+            train.pop(name, None)
     return doc
 
 

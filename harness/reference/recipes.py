@@ -45,6 +45,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe("theta500k", "as base, but trained with RoPE base 500k, so evaluation at 500k is no raise "
                             "(tests whether a large training base lets retrieval reach past the training length)",
                shape=ModelShape(rope_theta=500_000.0)),
+        Recipe("randpos", "as base, but each training row gets sorted random position ids from [0, 16 x 256): "
+                          "RoPE meets every position up to 16x in training while n stays <= 256, so at 1x-16x "
+                          "the only new thing is n, the number of keys (a positive control for SSMax)",
+               train=TrainConfig(position_span=16)),
     )
 }
 

@@ -81,6 +81,15 @@ class TrainConfig:
     """steps between held-out checks (needle at the training length, text NLL)"""
     eval_trials: int = 64
     """held-out needle trials per check"""
+    eval_multiples: tuple[int, ...] = (2, 4)
+    """the held-out check also scores the needle at these multiples of the training length (consecutive
+    positions, as the harness evaluates): a run's extrapolation shows while it trains"""
+    eval_long_trials: int = 16
+    """held-out needle trials per check at each of eval_multiples"""
+    position_span: int = 1
+    """1: a row's positions are 0..T-1. k > 1: each training row gets sorted random position ids drawn without
+    replacement from [0, k x training_length) (randomised positions): RoPE sees every position up to k x the
+    training length while a row still holds T tokens, so n, the number of keys, stays <= T in training"""
 
     @property
     def seq_len(self) -> int:

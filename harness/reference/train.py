@@ -87,10 +87,22 @@ def _switch_to_ssmax(model, opt, cfg: TrainConfig) -> None:
                          "lr_scale": cfg.ssmax_lr_scale})
 
 
-def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(weighted mean loss, NLL and weight of each supervised token) for rows `ids` [B, T] with weights `w`."""
-    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]  # (B, T-1, d)
-    wt = w[:, 1:]
+def random_positions(rng: np.random.Generator, rows: int, length: int, span: int) -> np.ndarray:
+    """Sorted position ids [rows, length]: each row `length` distinct draws from [0, span) (randomised positions)."""
+    return np.stack([np.sort(rng.choice(span, size=length, replace=False)) for _ in range(rows)]).astype(np.int64)
+
+
+def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor, position_ids: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted mean loss, NLL and weight of each supervised token) for rows `ids` [B, T] with weights `w`.
+
+    `position_ids` [B, T] replace 0..T-1 (randomised positions); attention stays plain causal over the row.
+    """
+    # An explicit all-ones mask: without one, transformers reads position ids that do not step by 1 as packed
+    # sequences and would let each token attend to itself only.
+    mask = None if position_ids is None else torch.ones_like(ids)
+    hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state[:, :-1]
+    wt = w[:, 1:]  # (B, T-1): weight of predicting ids[:, 1:]
     keep = wt > 0
     # The LM head only where there is a loss (copy prompts and padding are skipped).
     logits = model.lm_head(hidden[keep])  # (N, V)
@@ -99,26 +111,37 @@ def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tens
     return (nll * weights).sum() / weights.sum().clamp(min=1e-6), nll, weights
 
 
-@torch.no_grad()
-def evaluate(model, heldout: RowMaker, cfg: TrainConfig, trials: int | None = None, seed: int = 12345) -> dict:
-    """Held-out checks: needle (teacher-forced argmax == greedy exact match) at the training length, text NLL."""
-    model.eval()
-    trials = trials or cfg.eval_trials
+def _needle_scores(model, heldout: RowMaker, prompt_len: int, trials: int, seed: int) -> tuple[float, float]:
+    """(exact, digit accuracy) of the teacher-forced argmax (== greedy) answer over `trials` needles of `prompt_len`."""
     rng = np.random.default_rng(seed)
     rows, answers = [], []
     for t in range(trials):
-        ids, _, pos = heldout.needle_example(rng, cfg.training_length, (t + 0.5) / trials, 0, weights=False)
+        ids, _, pos = heldout.needle_example(rng, prompt_len, (t + 0.5) / trials, 0, weights=False)
         rows.append(ids)
         answers.append(pos)
     exact, digits = [], []
-    for i in range(0, trials, 16):
-        chunk = rows[i:i + 16]
+    per_batch = max(1, 16 * heldout.prompt_len // prompt_len)
+    for i in range(0, trials, per_batch):
+        chunk = rows[i:i + per_batch]
         ids = torch.as_tensor(np.stack(chunk))
         pred = model(input_ids=ids).logits.argmax(-1)
-        for j, pos in enumerate(answers[i:i + 16]):
+        for j, pos in enumerate(answers[i:i + per_batch]):
             ok = (pred[j, pos - 1] == ids[j, pos]).numpy()
             exact.append(bool(ok.all()))
             digits.append(float(ok[1:].mean()))
+    return float(np.mean(exact)), float(np.mean(digits))
+
+
+@torch.no_grad()
+def evaluate(model, heldout: RowMaker, cfg: TrainConfig, trials: int | None = None, seed: int = 12345) -> dict:
+    """Held-out checks: needle (teacher-forced argmax == greedy exact match) at the training length and at
+    cfg.eval_multiples of it (consecutive positions), text NLL."""
+    model.eval()
+    exact, digits = _needle_scores(model, heldout, cfg.training_length, trials or cfg.eval_trials, seed)
+    scores = {"needle_exact": exact, "digit_acc": digits}
+    for k in cfg.eval_multiples:
+        scores[f"needle_{k}x"] = _needle_scores(model, heldout, k * cfg.training_length, cfg.eval_long_trials,
+                                                seed + k)[0]
     text_rng = np.random.default_rng(seed + 1)
     nlls = []
     for _ in range(2):
@@ -126,12 +149,16 @@ def evaluate(model, heldout: RowMaker, cfg: TrainConfig, trials: int | None = No
         _, nll, _ = weighted_loss(model, torch.as_tensor(batch), torch.ones(batch.shape))
         nlls.append(float(nll.mean()))
     model.train()
-    return {"needle_exact": float(np.mean(exact)), "digit_acc": float(np.mean(digits)),
-            "heldout_nll": float(np.mean(nlls))}
+    return {**scores, "heldout_nll": float(np.mean(nlls))}
 
 
 LOG_FIELDS = ("step", "loss", "tokens", "seconds", "lr", "stage", "answer_loss", "needle_exact", "digit_acc",
               "heldout_nll")
+
+
+def log_fields(cfg: TrainConfig) -> tuple[str, ...]:
+    """The CSV log's columns: LOG_FIELDS, then the needle at each of cfg.eval_multiples."""
+    return LOG_FIELDS + tuple(f"needle_{k}x" for k in cfg.eval_multiples)
 
 
 def late_switch_step(cfg: TrainConfig) -> int:
@@ -177,9 +204,10 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
 
         bar = tqdm(total=cfg.steps, initial=first - 1, desc=f"train {variant}", unit="step")
     with log_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        fieldnames = log_fields(cfg)
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
-        writer.writerows({k: row.get(k, "") for k in LOG_FIELDS} for row in log)
+        writer.writerows({k: row.get(k, "") for k in fieldnames} for row in log)
         for step in range(first, cfg.steps + 1):
             if switch_at is not None and step == switch_at + 1:
                 _switch_to_ssmax(model, opt, cfg)
@@ -194,10 +222,13 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
                 copy_k = int(cfg.copy_k_short + frac * (cfg.seq_len // 2 - cfg.copy_k_short))
                 ids_np, w_np = train_rows.batch(rng, cfg.batch_size, mix, copy_k_max=copy_k, needle_max=longest)
             ids, w = torch.as_tensor(ids_np), torch.as_tensor(w_np)
+            positions = None
+            if cfg.position_span > 1:  # drawn after the batch from the same (seed, step) generator
+                positions = torch.as_tensor(random_positions(rng, *ids_np.shape, cfg.position_span * cfg.training_length))
             lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, nll, weights = weighted_loss(model, ids, w)
+            loss, nll, weights = weighted_loss(model, ids, w, positions)
             nll = nll.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,9 +245,10 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
                        "answer_loss": round(float(nll[answer].mean()), 4) if answer.any() else ""}
                 if is_eval:
                     row.update({k: round(v, 4) for k, v in evaluate(model, heldout_rows, cfg).items()})
+                    longer = " ".join(f"{k}x {row[f'needle_{k}x']}" for k in cfg.eval_multiples)
                     echo(f"step {step} loss {row['loss']} answer {row['answer_loss']} needle {row['needle_exact']} "
-                         f"digits {row['digit_acc']} heldout_nll {row['heldout_nll']} t {row['seconds']}s")
-                writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+                         f"({longer}) digits {row['digit_acc']} heldout_nll {row['heldout_nll']} t {row['seconds']}s")
+                writer.writerow({k: row.get(k, "") for k in fieldnames})
                 f.flush()
                 log.append(row)
                 if is_eval and on_eval is not None:
@@ -272,4 +304,4 @@ def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint
 
 __all__ = ["ModelShape", "TrainConfig", "TrainState", "build_model", "train", "evaluate", "save_checkpoint",
            "save_train_state", "load_train_state", "restore_weights",
-           "recipe", "weighted_loss", "model_config", "TokenStream", "replace"]
+           "recipe", "weighted_loss", "random_positions", "log_fields", "model_config", "TokenStream", "replace"]
