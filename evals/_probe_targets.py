@@ -48,9 +48,9 @@ def _content(tokenizer: Any, ids: Sequence[int], start: int, end: int) -> tuple[
 
 
 def needle_target(tokenizer: Any, p) -> ProbeTarget:
-    """A needle task prompt (harness.prompts.NeedlePrompt) as a target."""
+    """A needle task prompt (harness.data.prompts.NeedlePrompt) as a target."""
     from evals.needle import prompt_record, score
-    from harness.decode import digits_settled
+    from harness.inference.decode import digits_settled
 
     return ProbeTarget(p.input_ids, p.answer_ids, tuple(p.needle_span), tuple(p.answer_digit_span), p.number,
                        p.context_length, p.depth, score=lambda ids, text: score(p, text),

@@ -12,15 +12,12 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.errors import UserError
-from harness.filler import LineSource
-from harness.haystack import check_depth, encode
-from harness.prompts import Insert, PromptFrame, build_prompt
-
-if TYPE_CHECKING:
-    from evals.retrieval import RetrievalParams
+from harness.data.filler import LineSource
+from harness.data.haystack import check_depth, encode
+from harness.data.prompts import Insert, PromptFrame, build_prompt
 
 KINDS = ("word", "number", "uuid")
 """Key and value kinds: word (adjective-noun), number (7 digits, first never 0), uuid (version 4)."""
@@ -51,6 +48,47 @@ PREAMBLE = {
     "niah": "Hidden {noun}s are scattered through the text below. Remember them: a question about them follows.\n",
     "passkey": "Somewhere in the filler below there is one pass key. Find it and keep it in mind; you will be asked for it.\n",
 }
+
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    """Parameters of the retrieval family (the presets change only defaults)."""
+
+    haystack: str = "corpus"
+    """What surrounds the needles: corpus (text of `corpus`), filler (repeated filler sentences) or needles (distractor needles only)."""
+    corpus: str = "builtin:stdlib"
+    """Haystack text when haystack=corpus: builtin:stdlib, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][:SPLIT] (held-out split)."""
+    keys: int = 1
+    """Keys with needles in the prompt: the asked ones plus distractors (other keys of the same kind)."""
+    values: int = 1
+    """Values (needles) per key; every value of an asked key must come back."""
+    queries: int = 1
+    """Keys asked at once (the first `queries` keys; the rest are distractors); at most `keys`."""
+    key_kind: str = "word"
+    """Kind of the keys: word (adjective-noun), number (7 digits) or uuid."""
+    value_kind: str = "number"
+    """Kind of the values: word (adjective-noun), number (7 digits) or uuid."""
+    style: str = "niah"
+    """niah: keyed needles and a question naming the keys; passkey: one "pass key" line (keys=values=queries=1)."""
+    lengths: tuple[int, ...] = (256, 512, 1024)
+    """Context lengths in tokens; each prompt is exactly this long."""
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    """Depths of the asked key's first needle (0 = haystack start, 1 = right before the question); other needles spread evenly."""
+    trials: int = 4
+    """Prompts per (length, depth); trial t has the same keys, values and haystack order at every length and depth."""
+    seed: int = 0
+    """Seed of keys, values, needle order and haystack order (identical for every model)."""
+    template: str = "plain"
+    """plain: completion with an answer prefix (base models); chat: the tokenizer's chat template, answer prefix in the assistant turn."""
+    max_new_tokens: int = 4
+    """Tokens greedy decoding may generate beyond the gold answer's length."""
+    threshold: float = 0.8
+    """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
+    save_prompts: bool = False
+    """Write RUN_DIR/prompts.jsonl (input_ids, asked values and their spans, answer_ids per prompt) to inspect or re-score."""
+    prefix_cache: bool = True
+    """Share each trial's haystack prefill across its depths and lengths (latest needle first); false: one prefill per prompt (same tables)."""
 
 
 def draw_item(kind: str, rng: random.Random, used: set) -> str:
@@ -217,9 +255,9 @@ class RetrievalState:
     source: object
     """HaystackSource of the corpus, or a FillerSource (also the padding of a needles haystack)"""
     frame: PromptFrame
-    """harness.prompts.PromptFrame (plain or chat)"""
+    """harness.data.prompts.PromptFrame (plain or chat)"""
     prefix: object = None
-    """the model's harness.prefix_cache.PrefixCache (set by the task's prepare; None: one prefill per prompt)"""
+    """the model's harness.inference.prefix_cache.PrefixCache (set by the task's prepare; None: one prefill per prompt)"""
 
 
 def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: RetrievalState, length: int,

@@ -3,13 +3,13 @@
 The prompts are the needle task's prompts for the same parameters (same builder, same seeds), so
 probes explain heatmaps; `-T prompts=<retrieval preset>` probes that preset's prompts instead (the
 needle is then the asked needle's value tokens). Per cell: one prefill of the prompt and the
-teacher-forced gold answer under `harness.probe.capture`, which records only the query rows needed
+teacher-forced gold answer under `harness.attention.probe.capture`, which records only the query rows needed
 (memory grows with n, not n^2), then greedy decoding from the same cache (-> `correct`):
 - needle_score(layer, head): attention mass that the rows predicting an answer digit put on the
   needle's number tokens, averaged over those rows;
 - attention_fading: for the query row at n keys (row n - 1), n = 1, 2, 4, ... and the prompt length,
   the largest weight and the entropy per (layer, head).
-With prefix_cache the prompts of one trial share the haystack's prefill (harness.prefix_cache):
+With prefix_cache the prompts of one trial share the haystack's prefill (harness.inference.prefix_cache):
 fading rows inside the shared prefix see the same tokens, so their statistics are kept from the
 previous prompt with the cache; the rows after it are captured again.
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from evals._probe_targets import ProbeTarget, prompt_source, target
 from evals.needle import NeedleParams, NeedleTask
-from harness.prefix_cache import PrefixCache
+from harness.inference.prefix_cache import PrefixCache
 from harness.task import register_task
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def probe_prompt(model, input_ids: Sequence[int], answer_ids: Sequence[int], nee
     """One teacher-forced forward over prompt + answer, capturing the answer-digit rows and the fading rows."""
     import torch
 
-    from harness.probe import CHUNK_ELEMENTS, capture
+    from harness.attention.probe import CHUNK_ELEMENTS, capture
 
     length = len(input_ids)
     digits = answer_rows(length, answer_digit_span)
@@ -105,8 +105,8 @@ def probe_and_decode(model, t: ProbeTarget, n_new: int, *, eos_token_id=None, st
     """
     import torch
 
-    from harness.decode import forward, greedy, prefill, rewind
-    from harness.probe import CHUNK_ELEMENTS, capture
+    from harness.inference.decode import forward, greedy, prefill, rewind
+    from harness.attention.probe import CHUNK_ELEMENTS, capture
 
     ids, length = list(t.input_ids), len(t.input_ids)
     digits, points = answer_rows(length, t.answer_digit_span), fading_points(length)
@@ -213,7 +213,7 @@ class AttentionProbeTask(NeedleTask):
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:
         """head_ranking: mean needle score per (model, attention, theta, layer, head), best first."""
-        from harness.tables import head_ranking
+        from harness.results.tables import head_ranking
 
         df = tables.get("needle_score")
         if df is None or df.empty:

@@ -1,10 +1,10 @@
 """Task `needle`: token-exact needle-in-a-haystack over context length x depth (the paper's Figure 6).
 
-Prompts come from `harness.prompts` (pure functions); this module scores them on a model with
-`harness.decode`: greedy decoding with the KV cache (-> correct, first_digit_correct) and the
+Prompts come from `harness.data.prompts` (pure functions); this module scores them on a model with
+`harness.inference.decode`: greedy decoding with the KV cache (-> correct, first_digit_correct) and the
 teacher-forced NLL of the gold answer, both from one prefill. With prefix_cache (default) the prompts of
 one trial (every length and depth) run consecutively, latest needle first, and each reuses the previous
-one's prefill up to their common prefix (harness.prefix_cache): the same results, fewer prompt tokens.
+one's prefill up to their common prefix (harness.inference.prefix_cache): the same results, fewer prompt tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.atomic import write_text
-from harness.decode import digits_settled, parse_digits, score_prompt
+from harness.inference.decode import digits_settled, parse_digits, score_prompt
 from harness.errors import UserError
-from harness.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
-from harness.prefix_cache import DepthGrid, PrefixCache
-from harness.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
-from harness.tables import effective_lengths, model_columns
+from harness.data.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
+from harness.inference.prefix_cache import DepthGrid, PrefixCache
+from harness.data.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
+from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 
 
@@ -79,9 +79,9 @@ class NeedleState:
     """What a model's cells share: the tokenised haystack corpus and the prompt frame (plain or chat)."""
 
     source: object
-    """harness.haystack.HaystackSource for the model's tokenizer"""
+    """harness.data.haystack.HaystackSource for the model's tokenizer"""
     frame: object
-    """harness.prompts.PromptFrame"""
+    """harness.data.prompts.PromptFrame"""
     prefix: PrefixCache = field(default_factory=PrefixCache)
     """the model's shared-prefix KV cache (one prompt's at most)"""
 
@@ -119,7 +119,7 @@ class NeedleTask(DepthGrid, Task):
             raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
         if params.template not in TEMPLATES:
             raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
         # A token covers at least one byte, so no tokenizer fills more than this (exact check: prepare).
@@ -130,13 +130,13 @@ class NeedleTask(DepthGrid, Task):
 
     def data_fingerprint(self, params: NeedleParams) -> str:
         """The haystack corpus's fingerprint."""
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
 
     def prepare(self, params: NeedleParams, loaded):
         """The held-out corpus tokenised (lazily, once) for this tokenizer; checks the extreme lengths."""
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         source = haystack_source(loaded.tokenizer, load_corpus(params.corpus, split="heldout"))
         state = NeedleState(source, prompt_frame(loaded.tokenizer, params.template), PrefixCache(params.prefix_cache))

@@ -1,7 +1,7 @@
 """Task `position_loss`: exact test loss at every position of long documents (the paper's Fig. 5).
 
 Each document contributes its first `length` tokens as one sequence; one full-context forward gives
-the NLL of every next token (harness.nll: chunked LM head, optional chunked prefill). One cell per
+the NLL of every next token (harness.inference.nll: chunked LM head, optional chunked prefill). One cell per
 document, so an interrupted run resumes per document.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.tables import model_columns
+from harness.results.tables import model_columns
 from harness.task import Task, register_task
 
 PER_OCTAVE = 4  # log-spaced buckets per doubling of position, for the summary table and the figure
@@ -32,7 +32,7 @@ class PositionLossParams:
     seed: int = 0
     """seed of the document order (the same documents for every model with the same tokenizer)"""
     chunk: int = 256
-    """positions per LM-head + cross-entropy chunk (memory and speed, not results; = harness.nll.HEAD_CHUNK)"""
+    """positions per LM-head + cross-entropy chunk (memory and speed, not results; = harness.inference.nll.HEAD_CHUNK)"""
     prefill_chunk: int = 0
     """tokens per prefill chunk through the KV cache when activations are the limit; 0 = one pass"""
 
@@ -95,7 +95,7 @@ class PositionLossTask(Task):
             raise UserError(f"chunk={params.chunk}: need >= 1")
         if params.prefill_chunk < 0:
             raise UserError(f"prefill_chunk={params.prefill_chunk}: need >= 0 (0 = one pass)")
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         corpus = load_corpus(params.corpus, split="heldout")
         if len(corpus) < params.docs:
@@ -103,7 +103,7 @@ class PositionLossTask(Task):
 
     def data_fingerprint(self, params) -> str:
         """The corpus's fingerprint."""
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
 
@@ -117,14 +117,14 @@ class PositionLossTask(Task):
 
     def prepare(self, params, loaded) -> list[tuple[str, list[int]]]:
         """Choose and tokenise the documents with this model's tokenizer."""
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         corpus = load_corpus(params.corpus, split="heldout")
         return select_documents(corpus, loaded.tokenizer, params)
 
     def run_cell(self, params, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
         """NLL of every next token of one document: rows (doc, doc_id, position, nll)."""
-        from harness.nll import per_position_nll
+        from harness.inference.nll import per_position_nll
 
         doc = cell["doc"]
         doc_id, ids = state[doc]
@@ -136,7 +136,7 @@ class PositionLossTask(Task):
         """`position_loss` (mean over documents per position) and `position_loss_buckets` (log-spaced)."""
         import numpy as np
 
-        from harness.tables import log_bucket_edges
+        from harness.results.tables import log_bucket_edges
 
         raw = tables.get("position_nll")
         if raw is None or raw.empty:

@@ -1,13 +1,13 @@
 """Task family `retrieval`: RULER-style needle variants and passkey retrieval as presets of one task.
 
 One prompt: a frame (plain or chat), a short preamble, a haystack (corpus text, repeated filler, or
-distractor needles only) with `keys x values` needles inserted token-exactly (harness.prompts.build_prompt),
+distractor needles only) with `keys x values` needles inserted token-exactly (harness.data.prompts.build_prompt),
 then a question about `queries` of the keys and an answer prefix that ends the prompt. The asked key's
 first needle sits at the cell's depth; every other needle is spread evenly over the haystack. The gold
 answer is every asked value, joined as " v1, v2, v3." (prompt order per key, keys in question order).
-Scoring: greedy decoding (harness.decode.score_prompt) parsed back into values, plus the gold answer's NLL.
+Scoring: greedy decoding (harness.inference.decode.score_prompt) parsed back into values, plus the gold answer's NLL.
 With prefix_cache (default) the prompts of one trial run latest needle first and share the prefill of
-their common prefix (harness.prefix_cache); save_prompts writes RUN_DIR/prompts.jsonl.
+their common prefix (harness.inference.prefix_cache); save_prompts writes RUN_DIR/prompts.jsonl.
 
 Presets (`lch tasks`) are subclasses whose Params only change defaults: niah_single_1/2/3,
 niah_multikey_1/2/3, niah_multivalue, niah_multiquery and passkey. Keys, values and distractor order
@@ -21,55 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.decode import score_prompt
+from harness.inference.decode import score_prompt
 from harness.errors import UserError
-from harness.filler import FillerSource, filler_fingerprint
-from harness.haystack import check_depth, haystack_source
-from harness.prefix_cache import DepthGrid, PrefixCache
-from harness.prompts import TEMPLATES, prompt_frame
-from harness.tables import effective_lengths, model_columns
+from harness.data.filler import FillerSource, filler_fingerprint
+from harness.data.haystack import check_depth, haystack_source
+from harness.inference.prefix_cache import DepthGrid, PrefixCache
+from harness.data.prompts import TEMPLATES, prompt_frame
+from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
-from evals._retrieval_prompts import (KINDS, HAYSTACKS, STYLES, NUMBER_DIGITS, MIN_NEEDLE_TOKENS, ADJECTIVES, NOUNS, VALUE_NOUN, PREAMBLE, draw_item, Draw, draw, RetrievalPrompt, _needle_pieces, needle_ids, _join, question_and_prefix, answer_ids, parse_values, answer_settled, score, RetrievalState, build_retrieval_prompt, _haystack_needles, _positive_int, prompt_record)  # noqa: F401 (re-exported)
-
-@dataclass(frozen=True)
-class RetrievalParams:
-    """Parameters of the retrieval family (the presets change only defaults)."""
-
-    haystack: str = "corpus"
-    """What surrounds the needles: corpus (text of `corpus`), filler (repeated filler sentences) or needles (distractor needles only)."""
-    corpus: str = "builtin:stdlib"
-    """Haystack text when haystack=corpus: builtin:stdlib, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][:SPLIT] (held-out split)."""
-    keys: int = 1
-    """Keys with needles in the prompt: the asked ones plus distractors (other keys of the same kind)."""
-    values: int = 1
-    """Values (needles) per key; every value of an asked key must come back."""
-    queries: int = 1
-    """Keys asked at once (the first `queries` keys; the rest are distractors); at most `keys`."""
-    key_kind: str = "word"
-    """Kind of the keys: word (adjective-noun), number (7 digits) or uuid."""
-    value_kind: str = "number"
-    """Kind of the values: word (adjective-noun), number (7 digits) or uuid."""
-    style: str = "niah"
-    """niah: keyed needles and a question naming the keys; passkey: one "pass key" line (keys=values=queries=1)."""
-    lengths: tuple[int, ...] = (256, 512, 1024)
-    """Context lengths in tokens; each prompt is exactly this long."""
-    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    """Depths of the asked key's first needle (0 = haystack start, 1 = right before the question); other needles spread evenly."""
-    trials: int = 4
-    """Prompts per (length, depth); trial t has the same keys, values and haystack order at every length and depth."""
-    seed: int = 0
-    """Seed of keys, values, needle order and haystack order (identical for every model)."""
-    template: str = "plain"
-    """plain: completion with an answer prefix (base models); chat: the tokenizer's chat template, answer prefix in the assistant turn."""
-    max_new_tokens: int = 4
-    """Tokens greedy decoding may generate beyond the gold answer's length."""
-    threshold: float = 0.8
-    """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
-    save_prompts: bool = False
-    """Write RUN_DIR/prompts.jsonl (input_ids, asked values and their spans, answer_ids per prompt) to inspect or re-score."""
-    prefix_cache: bool = True
-    """Share each trial's haystack prefill across its depths and lengths (latest needle first); false: one prefill per prompt (same tables)."""
-
+from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_ids, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int)
 
 # ------------------------------------------------------------------------------------ keys and values
 
@@ -123,7 +83,7 @@ class RetrievalTask(DepthGrid, Task):
                             f"length {min(params.lengths)} (each takes at least {MIN_NEEDLE_TOKENS} tokens); use fewer "
                             f"keys/values or longer lengths")
         if params.haystack == "corpus":
-            from harness.corpus import load_corpus
+            from harness.data.corpus import load_corpus
 
             corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError
             bound = sum(len(d.text.encode("utf-8")) for d in corpus.documents) + 256 + 100 * needles
@@ -135,7 +95,7 @@ class RetrievalTask(DepthGrid, Task):
         """The corpus's fingerprint for haystack=corpus; a fixed string naming the filler text otherwise."""
         if params.haystack != "corpus":
             return filler_fingerprint()
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
 
@@ -143,7 +103,7 @@ class RetrievalTask(DepthGrid, Task):
         """Haystack source and frame for this tokenizer; builds the extreme prompts once to fail before any cell."""
         tok = loaded.tokenizer
         if params.haystack == "corpus":
-            from harness.corpus import load_corpus
+            from harness.data.corpus import load_corpus
 
             source = haystack_source(tok, load_corpus(params.corpus, split="heldout"))
         else:
@@ -225,4 +185,3 @@ class RetrievalTask(DepthGrid, Task):
 # Each preset's Params subclass only changes defaults (every field stays settable with -T).
 
 
-from evals.retrieval_presets import PRESETS  # noqa: E402,F401 (registers the presets)

@@ -6,18 +6,18 @@
 Importing this module registers the backend with lm-eval (the `register_model("lch")` decorator). lm-eval
 0.4.13 loads no entry points for models (its registry accepts lazy "module:Class" placeholders, but only
 for the names lm-eval lists itself), so plain `lm_eval --model lch` cannot find it there; `lch lm-eval ...`
-(harness.lmeval_cli) imports this module and then runs lm-eval's own CLI, and in Python
+(harness.cli.lmeval) imports this module and then runs lm-eval's own CLI, and in Python
 `import harness.lmeval` comes before `lm_eval.simple_evaluate(model="lch", ...)`. The package also
 declares the entry point `lm_eval.models: lch = harness.lmeval:LchLM` for lm-eval releases that read it.
 
-The backend is lm-eval's HFLM around the model `harness.loading` built (variant applied, RoPE override in
+The backend is lm-eval's HFLM around the model `harness.models.loading` built (variant applied, RoPE override in
 force) and its tokenizer; three things follow lch rather than HFLM:
 
 - loglikelihood_rolling scores a document as lch's position_loss does: the tokenizer's own ids (BOS once if
   the tokenizer adds one), the first id conditioning the rest, no extra prefix token. HFLM prepends its
   prefix_token_id (BOS) to ids that already start with BOS and scores that second BOS. Documents longer
   than `max_length` are split into lm-eval's rolling windows as usual.
-- generate_until decodes greedily with harness.decode (one prefill per prompt with a rewindable KV cache,
+- generate_until decodes greedily with harness.inference.decode (one prefill per prompt with a rewindable KV cache,
   no padding, no `generate`), stopping at EOS, at any `until` string or after max_gen_toks tokens.
 - unknown or bad model_args are a UserError (one line; `lch lm-eval` exits 2 before lm-eval starts).
 
@@ -107,7 +107,7 @@ def _fallback_device(device) -> str:
 
 def describe(args: dict, lm_eval_device=None):
     """The lch ModelInfo that model_args ask for (validated, no weights loaded): UserError on bad input."""
-    from harness.checkpoint import describe_model
+    from harness.models.checkpoint import describe_model
 
     check_model_args(args)
     attention = args.get("attention")
@@ -131,7 +131,7 @@ class LchLM(HFLM):
                  allow_pickle=False, trust_remote_code=False, _lm_eval_device=None):
         import logging
 
-        from harness.loading import load_described
+        from harness.models.loading import load_described
 
         given = {"pretrained": pretrained, "attention": attention, "rope_theta": rope_theta,
                  "training_length": training_length, "dtype": dtype, "device": device,
@@ -219,7 +219,7 @@ class LchLM(HFLM):
     # ----------------------------------------------------------------------------------- generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations with harness.decode (the loaded attention variant), cut at the first stop string."""
+        """Greedy continuations with harness.inference.decode (the loaded attention variant), cut at the first stop string."""
         from lm_eval.models.utils import (
             handle_stop_sequences,
             normalize_gen_kwargs,
@@ -227,7 +227,7 @@ class LchLM(HFLM):
         )
         from tqdm import tqdm
 
-        from harness.decode import greedy_answer
+        from harness.inference.decode import greedy_answer
 
         eos_id = self.tokenizer.eos_token_id
         eos = self.tok_decode(eos_id, skip_special_tokens=False) if eos_id is not None else None

@@ -26,7 +26,7 @@ from harness.report import headline_table, merged_manifest
 
 DEMO = Path(os.environ.get("LCH_DEMO_DIR", "../results/demo"))
 if not any(DEMO.glob("*/manifest.json")):
-    from harness.demo import run_demo
+    from harness.cli.demo import run_demo
 
     report = run_demo(DEMO.parent, quick=True, progress=False)  # writes DEMO.parent/demo-quick
     DEMO = report.parent.parent

@@ -94,7 +94,7 @@ class CorpusTask(Task):
     tables = ("heads",)
 
     def data_fingerprint(self, params):
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
 
@@ -102,7 +102,7 @@ class CorpusTask(Task):
         return [{"doc": 0}]
 
     def run_cell(self, params, loaded, cell, state, seed):
-        from harness.corpus import load_corpus
+        from harness.data.corpus import load_corpus
 
         docs = load_corpus(params.corpus).documents
         return {"heads": [{"doc_id": d.doc_id, "head": d.text[:10]} for d in docs]}

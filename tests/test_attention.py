@@ -8,7 +8,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from harness.attention import (AttentionSpec, UserError, apply_attention, attention_modules, parse_spec,
+from harness.errors import UserError
+from harness.attention import (AttentionSpec, apply_attention, attention_modules, parse_spec,
                                visible_keys)
 from tests.tiny import build_model
 

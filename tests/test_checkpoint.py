@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from harness.attention import apply_attention, attention_modules
-from harness.checkpoint import describe_model, load_model
+from harness.models.checkpoint import describe_model
+from harness.models.loading import load_model
 from harness.errors import UserError
 from tests.tiny import build_model, build_tokenizer
 
@@ -117,15 +118,15 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
 
 
 def test_reference_not_built_is_clear(monkeypatch, tmp_path):
-    import harness.checkpoint as checkpoint
+    import harness.reference.shipped as shipped
 
-    monkeypatch.setattr(checkpoint, "REFERENCE_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "REFERENCE_DIR", tmp_path)
     one_line_error(lambda: load_model("reference/ssmax"), "not built yet")
 
 
 def test_local_names_tell_numbered_checkpoints_apart(tmp_path, tiny_checkpoint):
     """Two runs' `checkpoint-500` (or `checkpoints/step_03000`) folders get different names; symlinks keep theirs."""
-    from harness.checkpoint import local_display_name, resolve_checkpoint
+    from harness.models.checkpoint import local_display_name, resolve_checkpoint
 
     assert local_display_name(tmp_path / "run-a" / "checkpoint-500") == "run-a/checkpoint-500"
     assert local_display_name(tmp_path / "run-b" / "checkpoints" / "step_03000") == "run-b/step_03000"

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
-from harness import bench, results
+from harness import results
+from harness.benchmarks import registry as bench
 from harness.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.corpus import Document, fingerprint, is_heldout, load_corpus
+from harness.data.corpus import Document, fingerprint, is_heldout, load_corpus
 from harness.errors import UserError
 
 
@@ -35,7 +35,7 @@ def test_split_is_stable():
     import sys
 
     paths = ["json/decoder.py", "email/parser.py", "asyncio/tasks.py", "os.py", "typing.py", "zipfile/__init__.py"]
-    code = f"from harness.corpus import is_heldout; print([is_heldout(p) for p in {paths!r}])"
+    code = f"from harness.data.corpus import is_heldout; print([is_heldout(p) for p in {paths!r}])"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=Path(__file__).parents[1]).stdout
             for seed in ("1", "2")}

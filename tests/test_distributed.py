@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
-from harness import checkpoint, results
+from harness import results
+from harness.models import checkpoint, loading
 from harness.runner import distributed
 from harness.errors import UserError
 from harness.runner import Cell, assign_cells, plan_run, run_task
@@ -160,10 +161,10 @@ def test_resume_under_other_world_sizes_computes_only_missing_cells(model, tmp_p
 
 def test_device_map_needs_accelerate_and_a_known_map(model, monkeypatch):
     with pytest.raises(UserError, match="unknown device map 'everywhere'"):
-        checkpoint.load_model(str(model), device_map="everywhere")
+        loading.load_model(str(model), device_map="everywhere")
     monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate -> ImportError
     with pytest.raises(UserError, match=r"needs accelerate: pip install 'long-context-harness\[scale\]'"):
-        checkpoint.load_model(str(model), device_map="auto")
+        loading.load_model(str(model), device_map="auto")
 
 
 def test_device_map_with_torchrun_is_refused(model, tmp_path, monkeypatch):
@@ -178,8 +179,8 @@ def test_device_map_auto_loads_and_runs_like_a_plain_load(model, tmp_path):
     pytest.importorskip("accelerate")
     import torch
 
-    plain = checkpoint.load_model(str(model))
-    mapped = checkpoint.load_model(str(model), device_map="auto")
+    plain = loading.load_model(str(model))
+    mapped = loading.load_model(str(model), device_map="auto")
     assert mapped.info.device == "cpu"  # no GPU here: accelerate keeps every layer on the CPU
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():

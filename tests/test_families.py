@@ -23,9 +23,9 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from harness.attention import apply_attention, attention_modules, lch_attention
 from harness.errors import UserError
-from harness.families import (SUPPORTED_FAMILIES, check_architecture, context_length, rope_bases, set_rope_theta,
+from harness.models.families import (SUPPORTED_FAMILIES, check_architecture, context_length, rope_bases, set_rope_theta,
                               supported_models_table)
-from harness.probe import capture
+from harness.attention.probe import capture
 from tests.tiny import build_model
 
 TOL = 1e-4

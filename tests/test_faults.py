@@ -128,7 +128,7 @@ def _killed_child(model, out, kills) -> int:
 
         _CTX = multiprocessing.get_context("forkserver")
         _CTX.set_forkserver_preload(["torch", "transformers", "tests.tiny", "transformers.models.llama.modeling_llama",
-                                     "tests.fake_tasks", "harness.runner", "harness.loading", "harness.checkpoint",
+                                     "tests.fake_tasks", "harness.runner", "harness.models.loading", "harness.models.checkpoint",
                                      "harness.attention", "tqdm.auto",
                                      "tests.test_faults"])
     proc = _CTX.Process(target=_child, args=(model, out, kills))

@@ -4,11 +4,11 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from harness.corpus import load_corpus
+from harness.data.corpus import load_corpus
 from harness.errors import UserError
-from harness.haystack import (CITIES, NEEDLE_TEMPLATE, QUESTION_TEMPLATE, HaystackSource, draw_needle, haystack_source,
+from harness.data.haystack import (CITIES, NEEDLE_TEMPLATE, QUESTION_TEMPLATE, HaystackSource, draw_needle, haystack_source,
                               special_prefix)
-from harness.prompts import build_needle_prompt
+from harness.data.prompts import build_needle_prompt
 
 LENGTHS = (160, 201, 257, 512)
 DEPTHS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)

@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness backend `lch` (harness.lmeval) and `lch lm-eval` (harness.lmeval_cli), offline."""
+"""The lm-evaluation-harness backend `lch` (harness.lmeval) and `lch lm-eval` (harness.cli.lmeval), offline."""
 
 import glob
 import json
@@ -48,8 +48,8 @@ def only_local_tasks(monkeypatch):
 
 def lch_totals(path, attention=None, rope_theta=None):
     """lch's own per-document log-likelihood: -sum of per_position_nll over the tokenizer's ids."""
-    from harness.loading import load_model
-    from harness.nll import per_position_nll
+    from harness.models.loading import load_model
+    from harness.inference.nll import per_position_nll
 
     lm = load_model(str(path), attention, rope_theta)
     return [-float(per_position_nll(lm.model, lm.tokenizer(d)["input_ids"]).sum()) for d in DOCS]
@@ -97,7 +97,7 @@ def test_rolling_scores_bos_once_where_plain_hflm_scores_it_twice(checkpoint):
 
 
 def test_rolling_windows_when_longer_than_max_length(checkpoint):
-    from harness.nll import per_position_nll
+    from harness.inference.nll import per_position_nll
 
     lm = backend(checkpoint, max_length=16)
     ids = lm.tokenizer(DOCS[0])["input_ids"]
@@ -111,7 +111,7 @@ def test_rolling_windows_when_longer_than_max_length(checkpoint):
 def test_generate_until_is_harness_greedy_decoding_with_the_variant(checkpoint):
     from lm_eval.api.instance import Instance
 
-    from harness.decode import greedy_answer
+    from harness.inference.decode import greedy_answer
 
     lm = backend(checkpoint, attention="ssmax(s=0.3)", rope_theta=50.0)
     prompt = "def main(argv):\n"

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.params import parse_task_params
+from harness.task.params import parse_task_params
 from harness.task import get_task
 from evals.needle import NeedleParams
-from harness.decode import answer_nll, greedy_answer, parse_digits, score_prompt
-from harness.tables import effective_length
-from harness.corpus import load_corpus
+from harness.inference.decode import answer_nll, greedy_answer, parse_digits, score_prompt
+from harness.results.tables import effective_length
+from harness.data.corpus import load_corpus
 from harness.errors import UserError
-from harness.haystack import haystack_source
+from harness.data.haystack import haystack_source
 from tests import tiny
 from tests.tiny import build_model, build_tokenizer
 
@@ -106,7 +106,7 @@ def test_kv_cache_scoring_matches_full_forwards(tok, monkeypatch):
         ref_nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(answer)))
     assert greedy_answer(model, ids, 6) == seq[len(ids):]
     assert answer_nll(model, ids, answer) == pytest.approx(ref_nll, rel=1e-4)
-    import harness.decode as needle
+    import harness.inference.decode as needle
 
     prefills = []
     monkeypatch.setattr(needle, "prefill", lambda *a, _real=needle.prefill: prefills.append(1) or _real(*a))

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from harness.checkpoint import REFERENCE_DIR
+from harness.reference.shipped import REFERENCE_DIR
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 

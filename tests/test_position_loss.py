@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.checkpoint import load_model
+from harness.models.loading import load_model
 from harness.errors import UserError
-from harness.nll import per_position_nll
+from harness.inference.nll import per_position_nll
 
 LENGTH = 96
 
@@ -73,7 +73,7 @@ def test_chunking_does_not_change_the_result(ssmax_model, chunk, prefill_chunk):
 
 def test_task_default_chunk_is_the_harness_default():
     from evals.position_loss import PositionLossParams
-    from harness.nll import HEAD_CHUNK
+    from harness.inference.nll import HEAD_CHUNK
 
     assert PositionLossParams().chunk == HEAD_CHUNK
 
@@ -118,7 +118,7 @@ def text_folder(tmp_path):
 
 def test_documents_are_seeded_and_prefix_exact(text_folder):
     from evals.position_loss import PositionLossParams, document_order, first_tokens, select_documents
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
     from tests.tiny import build_tokenizer
 
     tok = build_tokenizer()
@@ -141,7 +141,7 @@ def test_documents_are_seeded_and_prefix_exact(text_folder):
 
 def test_corpus_too_short_says_what_it_can(text_folder):
     from evals.position_loss import PositionLossParams, select_documents
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
     from tests.tiny import build_tokenizer
 
     tok = build_tokenizer()
@@ -154,17 +154,18 @@ def test_corpus_too_short_says_what_it_can(text_folder):
 
 
 def test_validate_rejects_bad_params(text_folder):
-    from harness.params import parse_task_params
+    from harness.task import get_task
+    from harness.task.params import parse_task_params
 
     for bad, match in [({"length": 1}, "length"), ({"docs": 0}, "docs"), ({"docs": 9}, "5 documents"),
                        ({"prefill_chunk": -1}, "prefill_chunk"), ({"corpus": str(text_folder / "nope.txt")}, "nope")]:
         with pytest.raises(UserError, match=match):
-            parse_task_params("position_loss", {"corpus": str(text_folder), **bad})
+            parse_task_params(get_task("position_loss"), {"corpus": str(text_folder), **bad})
 
 
 def test_task_end_to_end(tiny_checkpoint, text_folder, tmp_path):
     from evals.position_loss import PositionLossParams, select_documents
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
     from harness.runner import run_task
 
     ckpt = str(tiny_checkpoint(ssmax=True, training_length=32))

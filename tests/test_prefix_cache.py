@@ -15,8 +15,8 @@ import torch
 from evals._probe_targets import ProbeTarget
 from evals.attention_probe import probe_and_decode, probe_prompt
 from harness.attention import apply_attention
-from harness.decode import greedy_answer, score_prompt
-from harness.prefix_cache import PrefixCache, common_prefix, shared_fraction
+from harness.inference.decode import greedy_answer, score_prompt
+from harness.inference.prefix_cache import PrefixCache, common_prefix, shared_fraction
 from harness.runner.rundir import prefix_cache_summary
 from tests.tiny import build_model
 
@@ -74,7 +74,7 @@ def test_prefill_after_a_cropped_cache_equals_a_full_forward(case_id, monkeypatc
 def test_split_attention_equals_masked_sdpa_and_takes_only_plain_causal_masks():
     import torch.nn.functional as F
 
-    from harness.split_attention import causal_offset_of, split_attention
+    from harness.attention.split import causal_offset_of, split_attention
 
     gen = torch.Generator().manual_seed(5)
     q, k, v = torch.randn(1, 4, 12, 8, generator=gen), torch.randn(1, 2, 40, 8, generator=gen), torch.randn(1, 2, 40, 8, generator=gen)
@@ -149,8 +149,8 @@ def test_a_cache_that_cannot_crop_falls_back_to_per_prompt_prefill(monkeypatch):
     """A cache built from a sliding-window config drops keys past the window: it cannot crop, so every prompt is prefilled alone."""
     from transformers import DynamicCache
 
-    import harness.decode
-    import harness.prefix_cache
+    import harness.inference.decode
+    import harness.inference.prefix_cache
 
     model = _model("mistral-window")
     prompts, _, answer = _prompts(seed=3)
@@ -159,8 +159,8 @@ def test_a_cache_that_cannot_crop_falls_back_to_per_prompt_prefill(monkeypatch):
     def sliding():
         return DynamicCache(config=model.config)
 
-    monkeypatch.setattr(harness.decode, "new_cache", sliding)
-    monkeypatch.setattr(harness.prefix_cache, "new_cache", sliding)
+    monkeypatch.setattr(harness.inference.decode, "new_cache", sliding)
+    monkeypatch.setattr(harness.inference.prefix_cache, "new_cache", sliding)
     prefix = PrefixCache()
     for ids, (tokens, nll) in zip(prompts, want):
         got = score_prompt(model, ids, answer, 6, prefix=prefix, group="g")

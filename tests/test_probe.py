@@ -10,7 +10,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from evals.attention_probe import answer_rows, fading_points, probe_prompt
 from harness.attention import apply_attention, attention_modules
-from harness.probe import PROBE_IMPLEMENTATION, capture
+from harness.attention.probe import PROBE_IMPLEMENTATION, capture
 from tests.tiny import build_model
 
 TOL = 1e-4
@@ -192,7 +192,7 @@ def corpus_dir(tmp_path_factory):
 
 
 def test_task_end_to_end_through_the_runner(tiny_checkpoint, corpus_dir, tmp_path):
-    from harness.params import parse_task_params
+    from harness.task.params import parse_task_params
     from harness.task import get_task
     from harness import results
     from harness.runner import ModelRequest, run_task
@@ -218,7 +218,7 @@ def test_task_end_to_end_through_the_runner(tiny_checkpoint, corpus_dir, tmp_pat
     # the prompts are the needle task's prompts for the same settings
     task = get_task("needle")
     needle_params = parse_task_params(task, params)
-    from harness.checkpoint import load_model
+    from harness.models.loading import load_model
 
     loaded = load_model(str(ckpt))
     source = task.prepare(needle_params, loaded)
@@ -237,9 +237,9 @@ def test_probe_scores_a_retrieval_presets_prompts_on_the_asked_value(tiny_checkp
     """-T prompts=<preset>: the preset's own prompts; the needle span is the asked value's tokens (lone space trimmed)."""
     from evals._probe_targets import target
     from harness import results
-    from harness.checkpoint import load_model
+    from harness.models.loading import load_model
     from harness.errors import UserError
-    from harness.params import parse_task_params
+    from harness.task.params import parse_task_params
     from harness.runner import run_task
     from harness.task import get_task
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from harness import results
-from harness.checkpoint import describe_model
+from harness.models.checkpoint import describe_model
 from harness.cli import app
 from harness.errors import UserError
-from harness.loading import load_model
+from harness.models.loading import load_model
 from harness.runner import ModelRequest, run_task
 from tests.test_families import BY_ID, SLIDING
 from tests.tiny import SAMPLE_TEXT, build_model, build_tokenizer
@@ -109,9 +109,9 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ 
 
 
 def test_chat_template_prompts_are_token_exact_with_the_answer_prefix_in_the_assistant_turn(corpus, tmp_path):
-    from harness.corpus import load_corpus
-    from harness.haystack import haystack_source
-    from harness.prompts import build_needle_prompt, chat_frame
+    from harness.data.corpus import load_corpus
+    from harness.data.haystack import haystack_source
+    from harness.data.prompts import build_needle_prompt, chat_frame
 
     tok = build_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
@@ -197,7 +197,7 @@ def test_damaged_tokenizer_is_one_line(tmp_path, how):
 
 
 def test_any_utf8_file_is_a_document_and_binary_is_one_line(tmp_path):
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
 
     (tmp_path / "notes.md").write_text("# Notes\nSome text.\n")
     (tmp_path / "README").write_text("no suffix at all\n")

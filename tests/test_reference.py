@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.corpus import load_corpus
+from harness.data.corpus import load_corpus
 from harness.errors import UserError
-from harness.haystack import CITIES, QUESTION_TEMPLATE
+from harness.data.haystack import CITIES, QUESTION_TEMPLATE
 from harness.reference import REFERENCE_DIR, build_reference
 from harness.reference import train as tr
 from harness.reference.data import Mixture, RowMaker, token_stream
@@ -229,7 +229,7 @@ def test_resume_refuses_nothing_to_resume_and_another_recipe(tmp_path, quick_tok
 
 
 def _shipped_pairs():
-    from harness.checkpoint import reference_models
+    from harness.reference.shipped import reference_models
     from harness.reference.recipes import RECIPES
 
     shipped = set(reference_models())

@@ -10,7 +10,7 @@ import pytest
 
 import harness.task
 from harness.errors import UserError
-from harness.params import param_infos, params_to_dict, parse_task_params
+from harness.task.params import param_infos, params_to_dict, parse_task_params
 from harness.task import Task, get_task, list_tasks, register_task
 
 ROOT = Path(__file__).resolve().parents[1]

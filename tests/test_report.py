@@ -8,9 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
-from harness.headline import headline_table, multiple
+from harness.results.headline import headline_table, multiple
 from harness.report import caption_for, compare_runs
-from harness.tables import retrieval_average, training_lengths
+from harness.results.tables import retrieval_average, training_lengths
 from tests.synthetic_runs import REFERENCE, grid_rows, loss_rows, write_run
 
 
@@ -109,6 +109,6 @@ def test_captions_name_the_preset_and_the_reference():
 
 
 def test_results_and_plots_import_no_torch():
-    code = ("import sys, harness.results, harness.plots, harness.report, harness.tables, harness.headline, "
-            "harness.report_html; print('torch' in sys.modules)")
+    code = ("import sys, harness.results, harness.plots, harness.report, harness.results.tables, harness.results.headline, "
+            "harness.report.html; print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from evals.retrieval import PRESETS, RetrievalParams, draw, parse_values
+from evals._retrieval_prompts import draw, parse_values
+from evals.retrieval import RetrievalParams
+from evals.retrieval_presets import PRESETS
 from harness.errors import UserError
-from harness.params import parse_task_params
+from harness.task.params import parse_task_params
 from harness.task import get_task
 from tests import tiny
 from tests.tiny import build_tokenizer
@@ -65,7 +67,7 @@ def _loaded(model, tok):
 
 def _params(name, corpus_dir, **overrides):
     base = {"corpus": str(corpus_dir), "lengths": LENGTHS.get(name, "300,400"), "depths": "0,0.5,1", "trials": 2}
-    return parse_task_params(name, {**base, **overrides})
+    return parse_task_params(get_task(name), {**base, **overrides})
 
 
 def _grid(name, model, tok, corpus_dir, **overrides):
@@ -144,9 +146,9 @@ def test_parse_values():
 ])
 def test_bad_params(overrides, pattern, corpus_dir):
     with pytest.raises(UserError, match=pattern):
-        parse_task_params("niah_single_2", {"corpus": str(corpus_dir), **overrides})
+        parse_task_params(get_task("niah_single_2"), {"corpus": str(corpus_dir), **overrides})
     with pytest.raises(UserError, match="style=passkey has one pass key"):
-        parse_task_params("passkey", {"values": "2"})
+        parse_task_params(get_task("passkey"), {"values": "2"})
 
 
 def test_prepare_rejects_a_length_the_needles_cannot_fit(tok, corpus_dir):

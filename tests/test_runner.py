@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
-from harness import loading, results
+from harness import results
+from harness.models import loading
 from harness.errors import UserError
 from harness.runner import ModelRequest, RunInterrupted, cell_seed, check_run_name, plan_run, run_task
 

@@ -109,7 +109,7 @@ class StubModel(torch.nn.Module):
 
     answer_ids(prompt text) -> the ids it predicts after the prompt. A forward without a StubCache starts a
     new prompt (the harness starts each with a transformers cache); a forward with logits_to_keep=1 ends
-    one (harness.decode feeds a prompt, or its part after a shared prefix, that way; answers otherwise).
+    one (harness.inference.decode feeds a prompt, or its part after a shared prefix, that way; answers otherwise).
     """
 
     def __init__(self, tokenizer, answer_ids):

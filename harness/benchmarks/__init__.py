@@ -1,1 +1,1 @@
-"""Benchmarks for `lch bench`: one module per benchmark, each registering with harness.bench.register_bench."""
+"""Benchmarks for `lch bench`: one module per benchmark, each registering with harness.benchmarks.registry.register_bench."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.bench import register_bench
+from harness.benchmarks.registry import register_bench
 from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, PEAK_RSS_SNIPPET, run_measurement
 
 _SCRIPT = PEAK_RSS_SNIPPET + BENCH_MODEL_SNIPPET + r"""

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.bench import register_bench
+from harness.benchmarks.registry import register_bench
 from harness.benchmarks import _prefix
 
 GOAL = 0.10
@@ -54,8 +54,8 @@ class _ForwardClock:
 
     @contextlib.contextmanager
     def watching(self):
-        """Hook every model that harness.loading.load_described returns while inside (the runner loads through it)."""
-        from harness import loading
+        """Hook every model that harness.models.loading.load_described returns while inside (the runner loads through it)."""
+        from harness.models import loading
 
         original = loading.load_described
 
@@ -83,7 +83,7 @@ def bench_needle(quick: bool) -> dict:
 
 def bench_prefix(quick: bool) -> dict:
     """Needle grid time and peak RSS with and without the shared-prefix prefill (same grid, same models)."""
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
 
     corpus = load_corpus("builtin:stdlib", split="heldout")
     lengths = QUICK_PREFIX_LENGTHS if quick else PREFIX_LENGTHS
@@ -97,7 +97,7 @@ def bench_overhead(quick: bool) -> dict:
     """Run a needle grid through the runner; report forward vs everything-else time (cells and whole run)."""
     import torch
 
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
 
     corpus = load_corpus("builtin:stdlib", split="heldout")  # loaded once, as any run's validation does
     lengths = (256, 512, 1024) if quick else (256, 512, 1024, 2048, 4096)

@@ -7,7 +7,7 @@ Each measurement runs in a fresh Python subprocess and reports its own peak RSS
 
 from __future__ import annotations
 
-from harness.bench import register_bench
+from harness.benchmarks.registry import register_bench
 from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, run_measurement
 
 VOCAB = 32_000
@@ -21,7 +21,7 @@ import json, resource, sys, time
 import torch
 import torch.nn.functional as F
 from harness.attention import apply_attention
-from harness.nll import per_position_nll
+from harness.inference.nll import per_position_nll
 
 apply_attention(model, "softmax")
 
@@ -47,9 +47,9 @@ print(json.dumps({"seconds": seconds, "peak_rss_mib": peak / 1024, "base_rss_mib
 
 def measure(method: str, length: int, *, chunk: int | None = None, prefill_chunk: int = 0, threads: int = 2,
             vocab: int = VOCAB) -> dict:
-    """Run one measurement in a fresh subprocess (chunk: harness.nll.HEAD_CHUNK unless given); returns a row."""
+    """Run one measurement in a fresh subprocess (chunk: harness.inference.nll.HEAD_CHUNK unless given); returns a row."""
     if chunk is None:
-        from harness.nll import HEAD_CHUNK  # here, not at import: listing benchmarks needs no torch
+        from harness.inference.nll import HEAD_CHUNK  # here, not at import: listing benchmarks needs no torch
 
         chunk = HEAD_CHUNK
     return run_measurement(_MEASURE, dict(method=method, length=length, chunk=chunk, prefill_chunk=prefill_chunk,

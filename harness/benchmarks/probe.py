@@ -3,7 +3,7 @@
 Model: a random Llama, 4 layers, 4 heads, d_model 256, 32k vocabulary, SSMax with learned s (the
 probe must apply the variant's scale). Each measurement runs in a fresh subprocess and reports its
 own peak RSS:
-- `probe`: one forward under `harness.probe.capture` with the attention_probe task's rows (7 answer
+- `probe`: one forward under `harness.attention.probe.capture` with the attention_probe task's rows (7 answer
   rows on a needle span, the fading rows at n = 1, 2, 4, ..., L) -- the task's forward;
 - `plain`: the same forward without the probe (what the fast path alone needs);
 - `output_attentions`: the eager reference with `output_attentions=True`, at shorter lengths only;
@@ -12,7 +12,7 @@ own peak RSS:
 
 from __future__ import annotations
 
-from harness.bench import register_bench
+from harness.benchmarks.registry import register_bench
 from harness.benchmarks._measure import BENCH_MODEL_SNIPPET, PEAK_RSS_SNIPPET, run_measurement
 
 VOCAB = 32_000
@@ -24,7 +24,7 @@ _MEASURE = PEAK_RSS_SNIPPET + BENCH_MODEL_SNIPPET + r"""
 import json, sys, time
 import torch
 from harness.attention import add_ssmax_parameters, apply_attention
-from harness.probe import capture
+from harness.attention.probe import capture
 
 add_ssmax_parameters(model, 0.3)
 method, length = cfg["method"], cfg["length"]

@@ -14,7 +14,7 @@ from harness.plots.heatmaps import (ACCURACY_LABEL, DIFF_CMAP, NIAH_CMAP, NLL_CM
 from harness.plots.labels import PanelNames, chars_per_line, common_affixes, panel_names, panel_title, theta_label, wrap_title
 from harness.plots.probes import (PROBE_OUTCOMES, attention_fading_curves, attention_fading_figure, best_head_figure,
                                   best_head_trials, head_label, top_heads_bar, top_heads_figure)
-from harness.tables import (MODEL_COLUMNS as PANEL_KEYS, bucket_positions, fading_quantiles, head_ranking,
+from harness.results.tables import (MODEL_COLUMNS as PANEL_KEYS, bucket_positions, fading_quantiles, head_ranking,
                             needle_accuracy_grid, training_lengths, value_grid)
 
 __all__ = [

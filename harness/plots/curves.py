@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from harness.plots.heatmaps import full_keys, panels
 from harness.plots.labels import chars_per_line, panel_names, shared_line, wrap_title
-from harness.tables import bucket_positions
+from harness.results.tables import bucket_positions
 
 
 def legend_with_shared(ax, shared: str, width_in: float = 3.5, **kwargs):

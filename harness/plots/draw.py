@@ -7,7 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from harness.plots.heatmaps import needle_heatmap_figure
-from harness.tables import training_lengths
+from harness.results.tables import training_lengths
 
 DPI = 120
 """Resolution of every PNG lch writes."""

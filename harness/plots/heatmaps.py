@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from harness.plots.labels import (TITLE_SIZE, chars_per_line, figure_title, grid_shape, panel_names, panel_title,
                                   shared_line, wrap_title)
-from harness.tables import MODEL_COLUMNS as PANEL_KEYS, value_grid, variant_keys
+from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, value_grid, variant_keys
 
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#d7301f", "#f5a623", "#fee08b", "#66bd63", "#1a9850"])
 """The needle-in-a-haystack palette: red (0) -> amber -> green (1)."""

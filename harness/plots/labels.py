@@ -8,7 +8,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from harness.tables import missing
+from harness.results.tables import missing
 
 SEPARATOR = re.compile(r"([-_/.@ ])")
 """Where a model name may be cut: between the tokens of `SmolLM2-135M-Instruct`, `org/name`, `name@fingerprint`."""

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from harness.plots.curves import legend_with_shared, training_length_lines
 from harness.plots.heatmaps import full_keys, panels
 from harness.plots.labels import chars_per_line, figure_title, grid_shape, panel_names, shared_line, wrap_title
-from harness.tables import fading_quantiles, head_ranking
+from harness.results.tables import fading_quantiles, head_ranking
 
 PROBE_OUTCOMES = (("correct", "#1a9850", "fully correct"), ("first_digit", "#f5a623", "first digit correct"),
                   ("wrong", "#d7301f", "wrong"))

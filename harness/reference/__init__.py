@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.reference.shipped import REFERENCE_DIR
 
-REFERENCE_DIR = Path(__file__).parent / "models"
 VARIANTS = ("softmax", "ssmax", "ssmax-fixed", "ssmax-bias", "ssmax-late")
 """(a) softmax, (b) learnable s per head, (c) s fixed at 1, (d) learnable s and bias, (f) SSMax for the last 20%."""
 
@@ -55,7 +55,7 @@ def build_reference(variant: str, out_dir: Path | None = None, *, recipe: str = 
 def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, tokenizer_dir, overrides, keep_checkpoints,
            resume, branch_from, echo) -> Path:
     """build_reference's work, with arguments already checked."""
-    from harness.corpus import load_corpus
+    from harness.data.corpus import load_corpus
     from harness.reference import train as tr
     from harness.reference.data import RowMaker, token_stream
     from harness.reference.tokenizer import VOCAB_SIZE, save_tokenizer, train_tokenizer

@@ -15,7 +15,7 @@ def reference_list():
     """Every shipped reference model, one per line: name, recipe, training length, attention."""
     import json
 
-    from harness.checkpoint import REFERENCE_DIR, REFERENCE_PREFIX, reference_models
+    from harness.reference.shipped import REFERENCE_DIR, REFERENCE_PREFIX, reference_models
 
     for name in reference_models():
         config = json.loads((REFERENCE_DIR / name / "config.json").read_text())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.haystack import ANSWER_TEMPLATE, CITIES, DEFAULT_DIGITS, NEEDLE_TEMPLATE, QUESTION_TEMPLATE
+from harness.data.haystack import ANSWER_TEMPLATE, CITIES, DEFAULT_DIGITS, NEEDLE_TEMPLATE, QUESTION_TEMPLATE
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
              trust_remote_code: bool = False, progress: bool = True, device_map: str | None = None) -> Path:
     """Run a task's grid on each model (resuming finished cells) and return the run directory."""
     if device_map is not None:
-        from harness.loading import check_device_map
+        from harness.models.loading import check_device_map
 
         check_device_map(device_map)
     plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
@@ -113,8 +113,8 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> No
     """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
     from tqdm.auto import tqdm
 
-    from harness import loading
-    from harness.checkpoint import resolve_device
+    from harness.models import loading
+    from harness.models.checkpoint import resolve_device
 
     pending = [c for c in cells if rundir.load_cell(plan.cell_path(c), c.key) is None]
     total_cost = sum(c.cost for c in cells)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.params import params_to_dict, parse_task_params
+from harness.task.params import params_to_dict, parse_task_params
 from harness.runner.rundir import SCHEMA_VERSION, check_existing
 from harness.task import get_task
 
@@ -53,7 +53,7 @@ class RunPlan:
     params: object
     requests: tuple
     infos: tuple
-    """harness.checkpoint.ModelInfo per request (no weights loaded)"""
+    """harness.models.checkpoint.ModelInfo per request (no weights loaded)"""
     cells: tuple
     run_dir: Path
     corpus_fingerprint: str | None
@@ -95,7 +95,7 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
              device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
              trust_remote_code: bool = False) -> RunPlan:
     """Validate a run (task, params, models, corpus, name) and key its cells; loads no weights, writes nothing."""
-    from harness import checkpoint
+    from harness.models import checkpoint
 
     task = get_task(task_name)
     if params is None or isinstance(params, dict):

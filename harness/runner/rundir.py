@@ -27,8 +27,8 @@ import pandas as pd
 from harness import atomic
 from harness.atomic import temp_owner
 from harness.errors import UserError
-from harness.params import params_to_dict
-from harness.tables import MODEL_COLUMNS
+from harness.task.params import params_to_dict
+from harness.results.tables import MODEL_COLUMNS
 
 SCHEMA_VERSION = 1
 

@@ -5,7 +5,7 @@ keys, sliding-window layers included (transformers' default sliding layers drop 
 window and cannot rewind). The masks still come from the model config, so a sliding layer attends
 only inside its window: results equal a plain full forward. The cost is memory: a sliding layer
 caches the whole prompt, as a full-attention layer does. `score_prompt(..., prefix=PrefixCache)`
-reuses the previous prompt's cache for a shared prefix (harness.prefix_cache).
+reuses the previous prompt's cache for a shared prefix (harness.inference.prefix_cache).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: in
                  eos_token_id: int | None = None, stop=None, prefix=None, group=None) -> tuple[list[int], float]:
     """(greedy tokens, answer NLL) from one prefill: the answer is fed, the cache rewound, then decoded.
 
-    With `prefix` (a harness.prefix_cache.PrefixCache) the prefill reuses the previous prompt's cache of
+    With `prefix` (a harness.inference.prefix_cache.PrefixCache) the prefill reuses the previous prompt's cache of
     the same `group` for the tokens both prompts share, and the cache is kept for the next prompt.
     """
     with torch.inference_mode():

@@ -26,9 +26,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from harness.attention_spec import SPEC_HELP, AttentionSpec, parse_spec, resolve_spec  # noqa: F401 (re-exported)
+from harness.attention.spec import SPEC_HELP, AttentionSpec, parse_spec, resolve_spec  # noqa: F401 (re-exported)
 from harness.errors import UserError
-from harness.split_attention import causal_offset_of, split_attention, usable
+from harness.attention.split import causal_offset_of, split_attention, usable
 
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
@@ -157,7 +157,7 @@ def lch_attention(module, query, key, value, attention_mask, **kwargs):
     """The fast path: scale query rows, then transformers' ordinary SDPA attention (materialised with softcap).
 
     Rows fed after cached keys under a plain causal mask (a prompt's suffix after a shared prefix) take
-    harness.split_attention on CPU: the same attention without the masked kernel.
+    harness.attention.split on CPU: the same attention without the masked kernel.
     """
     _refuse_unsupported(module, kwargs)
     if kwargs.get("softcap") is not None:

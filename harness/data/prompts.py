@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from harness.errors import UserError
-from harness.haystack import (CITIES, DEFAULT_DIGITS, QUESTION_TEMPLATE, CorpusTooSmall, HaystackSource, answer_tokens,
+from harness.data.haystack import (CITIES, DEFAULT_DIGITS, QUESTION_TEMPLATE, CorpusTooSmall, HaystackSource, answer_tokens,
                               check_depth, draw_needle, encode, needle_tokens, special_prefix)
 
 

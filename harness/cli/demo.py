@@ -30,7 +30,7 @@ class DemoPlan:
 
 def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: str = "reference/ssmax") -> DemoPlan:
     """The demo's models and task parameters; `quick` is a small grid (tests, notebooks) of the same form."""
-    from harness.checkpoint import describe_model
+    from harness.models.checkpoint import describe_model
     from harness.runner import ModelRequest
 
     info = describe_model(softmax)

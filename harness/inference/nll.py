@@ -61,7 +61,7 @@ def per_position_nll(
         else:
             from transformers import DynamicCache
 
-            from harness.decode import cache_kwarg
+            from harness.inference.decode import cache_kwarg
 
             cache = DynamicCache(config=model.config)  # sliding layers keep only their window: exact, and small
             name = cache_kwarg(type(body).forward)

@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 
-from harness.tables import MODEL_COLUMNS, effective_length, retrieval_average, variant_keys
+from harness.results.tables import MODEL_COLUMNS, effective_length, retrieval_average, variant_keys
 
 THRESHOLD = 0.8
 """Accuracy a length (and every shorter one) must reach to count towards the effective length."""

@@ -106,7 +106,7 @@ def format_table(rows: list[dict]) -> str:
 def tasks(task: Annotated[Optional[str], typer.Argument(help="show this task's parameters")] = None,
           include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file to register first (repeatable)")] = None):
     """List tasks; with TASK, its parameters, types, defaults and docs."""
-    from harness.params import param_infos
+    from harness.task.params import param_infos
     from harness.task import get_task, include as include_file, list_tasks
 
     for path in include or []:
@@ -156,7 +156,7 @@ def run(
     include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file (.py) to register before running (repeatable)")] = None,
 ):
     """Run TASK on one or more models; rerunning the same command resumes."""
-    from harness.run_config import parse_overrides, parse_rope_bases, read_run_config
+    from harness.cli.run_config import parse_overrides, parse_rope_bases, read_run_config
     from harness.runner import ModelRequest, RunInterrupted, run_task
     from harness.task import include as include_file
 
@@ -221,7 +221,7 @@ def bench(
     list_only: Annotated[bool, typer.Option("--list", help="list the benchmarks and exit")] = False,
 ):
     """Performance benchmarks: tables of ratios measured in one run, written as JSON."""
-    from harness.bench import get_bench, list_benches, run_bench
+    from harness.benchmarks.registry import get_bench, list_benches, run_bench
 
     benches = [get_bench(name)] if name else list_benches()
     if list_only or not benches:
@@ -291,7 +291,7 @@ def demo(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """The main job on an embedded reference pair, offline; ends with a comparison report."""
-    from harness.demo import run_demo
+    from harness.cli.demo import run_demo
     try:
         report = run_demo(out, quick=quick, progress=progress, pair=pair)
     except _interrupted() as e:
@@ -305,7 +305,7 @@ def _interrupted():
     return RunInterrupted
 
 
-from harness.lmeval_cli import register as _register_lm_eval; _register_lm_eval(app)  # noqa: E402  (`lch lm-eval`)
+from harness.cli.lmeval import register as _register_lm_eval; _register_lm_eval(app)  # noqa: E402  (`lch lm-eval`)
 
 if __name__ == "__main__":
     app()

@@ -1,6 +1,6 @@
 """Checkpoints: a model request (local dir, hub id, reference/NAME) -> a resolved ModelInfo, without weights.
 
-Loading the weights is `harness.loading`. Imports no torch.
+Loading the weights is `harness.models.loading`. Imports no torch.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
-from harness.attention_spec import AttentionSpec, parse_spec, resolve_spec
+from harness.attention.spec import AttentionSpec, parse_spec, resolve_spec
 from harness.errors import UserError
+from harness.reference.shipped import REFERENCE_PREFIX, shipped_model_dir
 
-REFERENCE_PREFIX = "reference/"
-REFERENCE_DIR = Path(__file__).parent / "reference" / "models"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _FINGERPRINT_CACHE = Path(os.environ.get("LCH_CACHE", Path.home() / ".cache" / "lch")) / "fingerprints.json"
@@ -93,18 +92,7 @@ def resolve_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[str, Path
     """Map a model spec to (display name, local directory); hub ids are fetched (or found in the cache)."""
     spec = str(spec).strip()
     if spec.startswith(REFERENCE_PREFIX) and not Path(spec).exists():
-        name = spec[len(REFERENCE_PREFIX):]
-        shipped = reference_models()
-        if name not in shipped:
-            from harness.reference.recipes import RECIPES
-
-            for recipe in RECIPES.values():
-                if name in (recipe.model_name("softmax"), recipe.model_name("ssmax")):
-                    raise UserError(f"reference model {spec!r} is not built yet; run "
-                                    f"`lch reference build --recipe {recipe.name}`")
-            raise UserError(f"unknown reference model {spec!r}; shipped: {', '.join(REFERENCE_PREFIX + n for n in shipped)}"
-                            " (lch reference list)")
-        return spec, REFERENCE_DIR / name
+        return spec, shipped_model_dir(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -128,13 +116,6 @@ def local_display_name(path: Path) -> str:
         return path.name
     run = next((p.name for p in path.parents if p.name and p.name.lower() not in _GENERIC), "")
     return f"{run}/{path.name}" if run else path.name
-
-
-def reference_models() -> list[str]:
-    """Names (without `reference/`) of the reference models shipped in the package, sorted."""
-    if not REFERENCE_DIR.is_dir():
-        return []
-    return sorted(p.name for p in REFERENCE_DIR.iterdir() if (p / "config.json").is_file() and any(p.glob("*.safetensors")))
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -224,10 +205,10 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
     """Validate a model request and resolve it into a ModelInfo without loading weights (cheap; used for cell keys).
 
     training_length: explicit length (else config `training_length`, else the config's context length:
-    see harness.families.context_length). rope_theta: base of the full-context layers; rope_bases: per
+    see harness.models.families.context_length). rope_theta: base of the full-context layers; rope_bases: per
     layer type (keys as in ModelInfo.rope_bases).
     """
-    from harness import families
+    from harness.models import families
 
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
@@ -278,13 +259,6 @@ def _dtype_name(dtype: str | None, config: dict[str, Any]) -> str:
     if dtype == "auto":
         return str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
     return dtype
-
-
-def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, **kwargs) -> LoadedModel:
-    """Load a checkpoint with an attention variant and optional RoPE override, ready for evaluation (see harness.loading)."""
-    from harness.loading import load_model as load
-
-    return load(spec, attention, rope_theta, **kwargs)
 
 
 def resolve_device(device: str) -> str:

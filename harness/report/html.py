@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.headline import multiple
+from harness.results.headline import multiple
 from harness.plots import NIAH_CMAP, theta_label
 
 STYLE = """

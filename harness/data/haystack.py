@@ -1,6 +1,6 @@
 """Haystack material: corpus documents tokenised with their insertion boundaries, the needle's text and tokens.
 
-Prompts are assembled from these pieces in `harness.prompts` (token-exact, never re-tokenised as
+Prompts are assembled from these pieces in `harness.data.prompts` (token-exact, never re-tokenised as
 one string). The haystack is cut from corpus documents concatenated in a (seed, trial) order.
 """
 
@@ -226,7 +226,7 @@ _SOURCES: dict[tuple[int, str], tuple[Any, HaystackSource]] = {}
 
 
 def haystack_source(tokenizer: Any, corpus: Any) -> HaystackSource:
-    """The cached HaystackSource of `corpus` (a harness.corpus.Corpus) for `tokenizer`: tokenised once."""
+    """The cached HaystackSource of `corpus` (a harness.data.corpus.Corpus) for `tokenizer`: tokenised once."""
     key = (id(tokenizer), getattr(corpus, "fingerprint", str(id(corpus))))
     hit = _SOURCES.get(key)
     if hit is not None and hit[0] is tokenizer:

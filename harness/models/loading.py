@@ -1,6 +1,6 @@
 """Loading a described model: weights (safetensors), the SSMax convention, RoPE overrides, the attention variant.
 
-`describe_model` (harness.checkpoint) resolves a request into a ModelInfo without weights;
+`describe_model` (harness.models.checkpoint) resolves a request into a ModelInfo without weights;
 `load_described(info)` loads exactly that; `load_model(...)` does both.
 """
 
@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from harness.checkpoint import LoadedModel, ModelInfo, describe_model, fingerprint, weight_files
+from harness.models.checkpoint import LoadedModel, ModelInfo, describe_model, fingerprint, weight_files
 from harness.errors import UserError
 
 VERY_LARGE_LENGTH = int(1e30)  # transformers' own "no limit" for tokenizer.model_max_length
@@ -51,7 +51,7 @@ def load_described(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_
     """Load exactly the model `info` describes (weights, SSMax parameters, RoPE bases, variant, device)."""
     from transformers.utils import logging as hf_logging
 
-    from harness import families
+    from harness.models import families
     from harness.attention import apply_attention
 
     path = Path(info.path)

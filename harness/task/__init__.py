@@ -1,7 +1,7 @@
 """Tasks as plug-ins: the Task base class, the registry, and discovery of task modules.
 
 A task is a `Task` subclass registered by exact name with `@register_task("name")`, whose `Params`
-is a frozen dataclass of typed, documented parameters (harness.params). Tasks are found lazily, on
+is a frozen dataclass of typed, documented parameters (harness.task.params). Tasks are found lazily, on
 the first lookup, in three places:
 - every module of the packages in TASK_PACKAGES (this repository's `evals/`);
 - the entry-point group `lch.tasks` of installed packages (a module, or a Task subclass);
@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from harness.errors import UserError, unknown_name
-from harness.params import check_params_class
+from harness.task.params import check_params_class
 
 TASK_PACKAGES = ("evals",)
 ENTRY_POINT_GROUP = "lch.tasks"

@@ -1,6 +1,6 @@
 """Synthetic haystacks: repeated filler sentences, and a haystack of fixed token lines.
 
-Both behave as a `harness.haystack.HaystackSource` for `harness.prompts.build_prompt`: `haystack(n,
+Both behave as a `harness.data.haystack.HaystackSource` for `harness.data.prompts.build_prompt`: `haystack(n,
 seed, trial)` returns exactly n tokens, the boundaries an insert may go on, and a count of pieces used.
 The filler text is this project's own; it is the same for every seed and trial (only the inserts vary).
 """
@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from harness.haystack import HaystackSource
+from harness.data.haystack import HaystackSource
 
 FILLER_TEXT = (
     "The kettle sat on the stove. Rain tapped on the window. A dog slept by the door. "

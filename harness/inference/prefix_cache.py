@@ -9,7 +9,7 @@ descending), so each prompt shares everything before its own needle. A new group
 or a cache that cannot crop gives a fresh prefill; a cache that cannot crop also stops sharing for the
 model (`reason`, reported per cell as telemetry and in the manifest). At most one cache is held.
 Results equal per-prompt prefill: with the cache, positions and n_i (the keys a row sees) come from the
-cache length, so each row's attention is the one of a full prefill (harness.split_attention keeps the
+cache length, so each row's attention is the one of a full prefill (harness.attention.split keeps the
 suffix's attention on the fast kernels).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from harness.decode import crop_to, forward, new_cache
+from harness.inference.decode import crop_to, forward, new_cache
 
 MIN_SHARE = 0.05
 """cost floor of a cell whose prompt is almost entirely shared (it still decodes the answer)"""

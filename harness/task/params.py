@@ -19,12 +19,6 @@ from typing import Any
 from harness.errors import UserError
 
 
-def _as_task(task):
-    from harness.task import as_task  # the registry builds on this module, not the other way round
-
-    return as_task(task)
-
-
 def check_params_class(name: str, params_cls) -> None:
     """TypeError unless `params_cls` is a frozen dataclass whose every field has a default."""
     if not (dataclasses.is_dataclass(params_cls) and params_cls.__dataclass_params__.frozen):
@@ -46,8 +40,7 @@ class ParamInfo:
 
 
 def param_infos(task) -> list[ParamInfo]:
-    """Name, type, default and docstring line of every parameter of a task (a name or a Task)."""
-    task = _as_task(task)
+    """Name, type, default and docstring line of every parameter of a Task."""
     hints = typing.get_type_hints(task.Params)
     docs = _field_docs(task.Params)
     out = []
@@ -170,7 +163,6 @@ def _scalar(value, tp, where: str):
 
 def parse_task_params(task, overrides: dict[str, Any] | None = None):
     """The task's Params from -T strings or YAML values; unknown names and bad values raise UserError."""
-    task = _as_task(task)
     hints = typing.get_type_hints(task.Params)
     allowed = [f.name for f in dataclasses.fields(task.Params)]
     kwargs = {}

@@ -5,7 +5,7 @@
 
 Every argument goes to lm-eval unchanged (`lch lm-eval --help` is lm-eval's help). lm-eval 0.4.13 loads no
 model plug-ins, so this command imports harness.lmeval (which registers `lch`) before running lm-eval's CLI;
-`python -m harness.lmeval_cli ARGS...` does the same. Bad lch model_args end with one line, exit 2.
+`python -m harness.cli.lmeval ARGS...` does the same. Bad lch model_args end with one line, exit 2.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def register(app) -> None:
 
 
 def cli() -> None:
-    """`python -m harness.lmeval_cli ARGS...`: bad input as one line, exit 2."""
+    """`python -m harness.cli.lmeval ARGS...`: bad input as one line, exit 2."""
     try:
         sys.exit(main(sys.argv[1:]))
     except UserError as e:

@@ -12,10 +12,10 @@ import pandas as pd
 
 from harness import results
 from harness.atomic import write_text
-from harness.headline import headline_table, retrieval_preset_table  # noqa: F401 (headline_table: public here too)
+from harness.results.headline import headline_table, retrieval_preset_table  # noqa: F401 (headline_table: public here too)
 from harness.plots import difference_figure, panel_title, retrieval_average_figure, save, training_lengths
-from harness.report_html import render_html
-from harness.tables import MODEL_COLUMNS as PANEL_KEYS, retrieval_average, variant_keys
+from harness.report.html import render_html
+from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, retrieval_average, variant_keys
 
 
 @dataclass
