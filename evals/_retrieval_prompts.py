@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from harness.columns import CONTEXT_LENGTH, CORRECT, DEPTH, TRIAL
 from harness.errors import UserError
 from harness.data.filler import LineSource
 from harness.data.haystack import check_depth, encode
@@ -244,7 +245,7 @@ def score(prompt: RetrievalPrompt, generated_ids: Sequence[int], generated_text:
     gold = list(prompt.asked_values)
     hits = sum(1 for v in gold if v in pred)
     first_end = prompt.first_value_token + 1  # up to and including the first value's first real token
-    return {"prediction": ", ".join(pred), "correct": hits == len(gold), "recall": hits / len(gold),
+    return {"prediction": ", ".join(pred), CORRECT: hits == len(gold), "recall": hits / len(gold),
             "first_token_correct": list(generated_ids[:first_end]) == list(prompt.answer_ids[:first_end])}
 
 
@@ -310,7 +311,7 @@ def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: Retri
 def prompt_record(p: RetrievalPrompt, trial: int, task: str) -> dict:
     """One prompts.jsonl row: ids, the asked values with their spans in input_ids and in answer_ids, answer_ids."""
     where = {value: [s, e] for value, s, e in p.value_spans}
-    return {"task": task, "context_length": p.context_length, "depth": p.depth, "trial": int(trial),
+    return {"task": task, CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(trial),
             "input_ids": list(p.input_ids), "asked_values": list(p.asked_values),
             "value_spans": [where[v] for v in p.asked_values], "answer_ids": list(p.answer_ids),
             "answer_value_spans": [list(s) for s in p.answer_value_spans], "asked_keys": list(p.asked_keys)}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from harness.columns import CONTEXT_LENGTH, DEPTH, TRIAL
 from evals._probe_targets import ProbeTarget, prompt_source, target
 from evals.needle import NeedleParams, NeedleTask
 from harness.inference.prefix_cache import PrefixCache
@@ -198,17 +199,17 @@ class AttentionProbeTask(NeedleTask):
         t0 = time.perf_counter()
         model, tok = loaded.model, loaded.tokenizer
         state = state if state is not None else self.prepare(params, loaded)
-        t = target(state.task, state.params, tok, state.state, cell["context_length"], cell["depth"], cell["trial"])
+        t = target(state.task, state.params, tok, state.state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
         stats, generated = probe_and_decode(model, t, len(t.answer_ids) + state.params.max_new_tokens,
                                             eos_token_id=tok.eos_token_id, stop=t.stop(tok), prefix=state.prefix,
                                             group=self.group(params, cell))
         scored = t.score(generated, tok.decode(generated))
-        where = {"context_length": t.context_length, "depth": t.depth, "trial": int(cell["trial"])}
+        where = {CONTEXT_LENGTH: t.context_length, DEPTH: t.depth, TRIAL: int(cell[TRIAL])}
         out = {**probe_rows(stats, where, scored, t), "telemetry": {
             "tokens": len(t.input_ids) + len(t.answer_ids), "probe_seconds": time.perf_counter() - t0,
             **state.prefix.last}}
         if params.save_prompts:
-            out["prompts"] = [t.record(int(cell["trial"]))]
+            out["prompts"] = [t.record(int(cell[TRIAL]))]
         return out
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:

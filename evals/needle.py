@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.columns import ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH, ROPE_THETA, TRIAL
 from harness.atomic import write_text
 from harness.inference.decode import digits_settled, parse_digits, score_prompt
 from harness.errors import UserError
@@ -60,7 +61,7 @@ class NeedleParams:
 def score(prompt: NeedlePrompt, generated_text: str) -> dict:
     """prediction (leading digits of the answer), correct (all digits), first_digit_correct."""
     pred = parse_digits(generated_text)
-    return {"prediction": pred, "correct": pred == prompt.number,
+    return {"prediction": pred, CORRECT: pred == prompt.number,
             "first_digit_correct": pred[:1] == prompt.number[:1]}
 
 
@@ -69,7 +70,7 @@ def score(prompt: NeedlePrompt, generated_text: str) -> dict:
 
 def prompt_record(p: NeedlePrompt, trial: int) -> dict:
     """One prompts.jsonl row (contract fields without the model columns the runner adds)."""
-    return {"context_length": p.context_length, "depth": p.depth, "trial": trial, "city": p.city,
+    return {CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: trial, "city": p.city,
             "number": p.number, "input_ids": list(p.input_ids), "needle_span": list(p.needle_span),
             "answer_ids": list(p.answer_ids)}
 
@@ -157,20 +158,20 @@ class NeedleTask(DepthGrid, Task):
         t0 = time.perf_counter()
         tok = loaded.tokenizer
         state = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
+        p = self.prompt(params, tok, state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
         n_new = len(p.answer_ids) + params.max_new_tokens
         generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
                                       stop=digits_settled(tok), prefix=state.prefix, group=self.group(params, cell))
         text = tok.decode(generated)
         row = {
-            "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]),
-            "city": p.city, "answer": p.number, **score(p, text), "answer_nll": nll,
+            CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]),
+            "city": p.city, "answer": p.number, **score(p, text), ANSWER_NLL: nll,
             "prompt_tokens": len(p.input_ids), "needle_start": p.needle_span[0], "needle_end": p.needle_span[1],
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
         }
         out = {"needle": [row], "telemetry": {"tokens": len(p.input_ids), **state.prefix.last}}
         if params.save_prompts:
-            out["prompts"] = [prompt_record(p, int(cell["trial"]))]
+            out["prompts"] = [prompt_record(p, int(cell[TRIAL]))]
         return out
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:
@@ -180,9 +181,9 @@ class NeedleTask(DepthGrid, Task):
         if df is None or df.empty:
             return {}
         keys = model_columns(df)
-        summary = (df.groupby(keys + ["context_length"], dropna=False)
-                   .agg(accuracy=("correct", "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
-                        answer_nll=("answer_nll", "mean"), n=("correct", "size"))
+        summary = (df.groupby(keys + [CONTEXT_LENGTH], dropna=False)
+                   .agg(accuracy=(CORRECT, "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
+                        answer_nll=(ANSWER_NLL, "mean"), n=(CORRECT, "size"))
                    .reset_index())
         return {"needle_summary": summary, "needle_effective_length": effective_lengths(summary, keys, params.threshold)}
 
@@ -209,7 +210,7 @@ class NeedleTask(DepthGrid, Task):
 
 def write_prompts_jsonl(path: Path, df) -> Path:
     """Write prompt rows (model, context_length, depth, trial, input_ids, needle_span, answer_ids, ...) atomically."""
-    first = ["model", "attention", "rope_theta", "task", "context_length", "depth", "trial", "input_ids", "needle_span",
+    first = ["model", "attention", ROPE_THETA, "task", CONTEXT_LENGTH, DEPTH, TRIAL, "input_ids", "needle_span",
              "value_spans", "answer_ids"]
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first and c != "run"]
     lines = (json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n" for rec in df[cols].to_dict(orient="records"))

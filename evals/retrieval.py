@@ -18,9 +18,9 @@ depend on (seed, trial) only: the same at every length and depth, for every mode
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from harness.columns import ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH, TRIAL
 from harness.inference.decode import score_prompt
 from harness.errors import UserError
 from harness.data.filler import FillerSource, filler_fingerprint
@@ -29,7 +29,7 @@ from harness.inference.prefix_cache import DepthGrid, PrefixCache
 from harness.data.prompts import TEMPLATES, prompt_frame
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
-from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_ids, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int)
+from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int, prompt_record)
 
 # ------------------------------------------------------------------------------------ keys and values
 
@@ -125,21 +125,21 @@ class RetrievalTask(DepthGrid, Task):
         t0 = time.perf_counter()
         tok = loaded.tokenizer
         state = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
+        p = self.prompt(params, tok, state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
         n_new = len(p.answer_ids) + params.max_new_tokens
         generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
                                       stop=answer_settled(tok), prefix=state.prefix, group=self.group(params, cell))
         text = tok.decode(generated)
         row = {
-            "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]), "task": self.name,
-            "answer": ", ".join(p.asked_values), **score(p, generated, text), "answer_nll": nll,
+            CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]), "task": self.name,
+            "answer": ", ".join(p.asked_values), **score(p, generated, text), ANSWER_NLL: nll,
             "prompt_tokens": len(p.input_ids), "keys": ", ".join(p.asked_keys), "needles": len(p.value_spans),
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
         }
         prefix = state.prefix.last if state.prefix is not None else {}
         out = {"retrieval": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **prefix}}
         if params.save_prompts:
-            out["prompts"] = [prompt_record(p, int(cell["trial"]), self.name)]
+            out["prompts"] = [prompt_record(p, int(cell[TRIAL]), self.name)]
         return out
 
     def summarize(self, tables: dict, params: RetrievalParams) -> dict:
@@ -149,10 +149,10 @@ class RetrievalTask(DepthGrid, Task):
         if df is None or df.empty:
             return {}
         keys = model_columns(df) + ["task"]
-        summary = (df.groupby(keys + ["context_length"], dropna=False)
-                   .agg(accuracy=("correct", "mean"), recall=("recall", "mean"),
-                        first_token_accuracy=("first_token_correct", "mean"), answer_nll=("answer_nll", "mean"),
-                        n=("correct", "size"))
+        summary = (df.groupby(keys + [CONTEXT_LENGTH], dropna=False)
+                   .agg(accuracy=(CORRECT, "mean"), recall=("recall", "mean"),
+                        first_token_accuracy=("first_token_correct", "mean"), answer_nll=(ANSWER_NLL, "mean"),
+                        n=(CORRECT, "size"))
                    .reset_index())
         return {"retrieval_summary": summary, "retrieval_effective_length": effective_lengths(summary, keys, params.threshold)}
 

@@ -142,8 +142,7 @@ class LchLM(HFLM):
         max_length = _int_arg("max_length", max_length, minimum=2)
         if not (isinstance(batch_size, int) or str(batch_size).isdigit()):
             raise UserError(f"lch model_args: batch_size must be an integer, got {batch_size!r} (auto is not supported)")
-        self.loaded = load_described(info, allow_pickle=_bool_arg("allow_pickle", allow_pickle),
-                                     trust_remote_code=_bool_arg("trust_remote_code", trust_remote_code))
+        self.loaded = load_described(info)
         hf_log = logging.getLogger("lm_eval.models.huggingface")
         level = hf_log.level
         hf_log.setLevel(logging.ERROR)  # "pretrained is not a str ... may be ignored": lch loaded it on purpose

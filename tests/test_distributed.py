@@ -10,7 +10,7 @@ import pytest
 
 import tests.fake_tasks  # noqa: F401  (registers the fake tasks)
 from harness import results
-from harness.models import checkpoint, loading
+from harness.models import loading
 from harness.runner import distributed
 from harness.errors import UserError
 from harness.runner import Cell, assign_cells, plan_run, run_task

@@ -138,7 +138,7 @@ def test_effective_length():
 ])
 def test_bad_params(overrides, pattern, corpus_dir):
     with pytest.raises(UserError, match=pattern):
-        parse_task_params("needle", {"corpus": str(corpus_dir), **overrides})
+        parse_task_params(get_task("needle"), {"corpus": str(corpus_dir), **overrides})
 
 
 def test_prepare_rejects_lengths_the_prompt_cannot_hit(tok, corpus_dir):

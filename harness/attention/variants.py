@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from harness.attention.spec import SPEC_HELP, AttentionSpec, parse_spec, resolve_spec  # noqa: F401 (re-exported)
+from harness.attention.spec import AttentionSpec, resolve_spec
 from harness.errors import UserError
 from harness.attention.split import causal_offset_of, split_attention, usable
 

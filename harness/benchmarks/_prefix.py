@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.columns import ANSWER_NLL, CONTEXT_LENGTH, DEPTH, TRIAL
 from harness.benchmarks._measure import PEAK_RSS_SNIPPET, run_measurement
 
 GOAL = 0.75
@@ -57,11 +58,11 @@ def random_checkpoint(path: Path, texts, hidden_size: int = 256, intermediate_si
 def agreement(on: list[dict], off: list[dict]) -> dict:
     """Do the two modes' needle rows agree: predictions equal, largest answer NLL difference."""
     def key(r):
-        return (r["model"], r["context_length"], r["depth"], r["trial"])
+        return (r["model"], r[CONTEXT_LENGTH], r[DEPTH], r[TRIAL])
 
     a, b = sorted(on, key=key), sorted(off, key=key)
     same = len(a) == len(b) and all(key(x) == key(y) and x["prediction"] == y["prediction"] for x, y in zip(a, b))
-    diff = max((abs(x["answer_nll"] - y["answer_nll"]) for x, y in zip(a, b)), default=float("nan"))
+    diff = max((abs(x[ANSWER_NLL] - y[ANSWER_NLL]) for x, y in zip(a, b)), default=float("nan"))
     return {"predictions_equal": same, "max_answer_nll_diff": diff, "tables_agree": same and diff <= TOL}
 
 

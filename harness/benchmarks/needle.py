@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.columns import CONTEXT_LENGTH
 from harness.benchmarks.registry import register_bench
 from harness.benchmarks import _prefix
 
@@ -127,12 +128,12 @@ def _measure(corpus, params) -> dict:
         needle = pd.read_parquet(run / "tables" / "needle.parquet")
     cell_seconds = float(cells["seconds"].sum())
     rows = []
-    for length, part in needle.groupby("context_length"):
-        rows.append({"context_length": int(length), "cells": len(part), "cell_seconds": float(part["seconds"].sum())})
-    rows.append({"context_length": "all cells", "cells": len(needle), "cell_seconds": cell_seconds,
+    for length, part in needle.groupby(CONTEXT_LENGTH):
+        rows.append({CONTEXT_LENGTH: int(length), "cells": len(part), "cell_seconds": float(part["seconds"].sum())})
+    rows.append({CONTEXT_LENGTH: "all cells", "cells": len(needle), "cell_seconds": cell_seconds,
                  "forward_seconds": clock.seconds, "forward_calls": clock.calls,
                  "overhead_share": 1 - clock.seconds / cell_seconds})
-    rows.append({"context_length": "whole run", "cells": len(needle), "cell_seconds": total,
+    rows.append({CONTEXT_LENGTH: "whole run", "cells": len(needle), "cell_seconds": total,
                  "forward_seconds": clock.seconds, "forward_calls": clock.calls,
                  "overhead_share": 1 - clock.seconds / total})
     # Fixed costs (model load, corpus tokenising, tables, figure) dominate a small (--quick) grid.

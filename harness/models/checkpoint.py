@@ -63,6 +63,12 @@ class ModelInfo:
     """RoPE base in force per layer type, e.g. (("full_attention", 1e6), ("sliding_attention", 1e4)); None = NoPE"""
     rope_overrides: tuple[tuple[str, float], ...] = ()
     """the per-layer-type bases the request set (beyond rope_theta)"""
+    allow_pickle: bool = False
+    """pickle-format weights may be read (--allow-pickle); else safetensors only"""
+    trust_remote_code: bool = False
+    """the checkpoint's own code may run (--trust-remote-code)"""
+    device_map: str | None = None
+    """accelerate's placement over several devices (--device-map), or None: the whole model on `device`"""
 
     @property
     def attention(self) -> str:
@@ -201,14 +207,18 @@ def checkpoint_attention(config: dict[str, Any]) -> str:
 def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope_theta: float | None = None, *,
                    training_length: int | None = None, rope_bases: dict[str, float] | None = None,
                    allow_pickle: bool = False, trust_remote_code: bool = False, dtype: str | None = None,
-                   device: str = "cpu") -> ModelInfo:
+                   device: str = "cpu", device_map: str | None = None) -> ModelInfo:
     """Validate a model request and resolve it into a ModelInfo without loading weights (cheap; used for cell keys).
 
     training_length: explicit length (else config `training_length`, else the config's context length:
     see harness.models.families.context_length). rope_theta: base of the full-context layers; rope_bases: per
-    layer type (keys as in ModelInfo.rope_bases).
+    layer type (keys as in ModelInfo.rope_bases). Every load choice (device, dtype, pickle, remote code,
+    device map) is resolved here, once; loading reads it from the ModelInfo.
     """
     from harness.models import families
+
+    if device_map is not None:
+        check_device_map(device_map)
 
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
@@ -239,6 +249,7 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
         num_layers=int(config.get("num_hidden_layers", 0)), num_heads=int(config.get("num_attention_heads", 0)),
         checkpoint_attention=trained_with, dtype=_dtype_name(dtype, config), device=resolve_device(device),
         rope_bases=tuple(bases.items()), rope_overrides=tuple(sorted((rope_bases or {}).items())),
+        allow_pickle=bool(allow_pickle), trust_remote_code=bool(trust_remote_code), device_map=device_map,
     )
 
 
@@ -259,6 +270,20 @@ def _dtype_name(dtype: str | None, config: dict[str, Any]) -> str:
     if dtype == "auto":
         return str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
     return dtype
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str) -> None:
+    """Refuse an unknown device_map, or one given without accelerate installed."""
+    if device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise UserError(f"device_map={device_map!r} needs accelerate: "
+                        "pip install 'long-context-harness[scale]'") from None
 
 
 def resolve_device(device: str) -> str:

@@ -16,20 +16,6 @@ from harness.errors import UserError
 VERY_LARGE_LENGTH = int(1e30)  # transformers' own "no limit" for tokenizer.model_max_length
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-def check_device_map(device_map: str) -> None:
-    """Refuse an unknown device_map, or one given without accelerate installed."""
-    if device_map not in DEVICE_MAPS:
-        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        raise UserError(f"device_map={device_map!r} needs accelerate: "
-                        "pip install 'long-context-harness[scale]'") from None
-
-
 def load_model(spec: str, attention: str | None = None, rope_theta: float | None = None, *,
                training_length: int | None = None, rope_bases: dict[str, float] | None = None,
                device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
@@ -39,16 +25,16 @@ def load_model(spec: str, attention: str | None = None, rope_theta: float | None
     device_map="auto" (needs accelerate) spreads a model too large for one device over every visible
     GPU (then CPU memory) in this one process; `device` is then ignored.
     """
-    if device_map is not None:
-        check_device_map(device_map)
     info = describe_model(spec, attention, rope_theta, training_length=training_length, rope_bases=rope_bases,
-                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
-    return load_described(info, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device_map=device_map)
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
+                          device_map=device_map)
+    return load_described(info)
 
 
-def load_described(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                   device_map: str | None = None) -> LoadedModel:
-    """Load exactly the model `info` describes (weights, SSMax parameters, RoPE bases, variant, device)."""
+def load_described(info: ModelInfo) -> LoadedModel:
+    """Load exactly the model `info` describes (weights, SSMax parameters, RoPE bases, variant, device, and the
+    pickle / remote-code / device-map choices it resolved)."""
+    allow_pickle, trust_remote_code, device_map = info.allow_pickle, info.trust_remote_code, info.device_map
     from transformers.utils import logging as hf_logging
 
     from harness.models import families

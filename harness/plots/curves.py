@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from harness.columns import ACCURACY, ANSWER_NLL, CONTEXT_LENGTH
 from harness.plots.heatmaps import full_keys, panels
 from harness.plots.labels import chars_per_line, panel_names, shared_line, wrap_title
 from harness.results.tables import bucket_positions
@@ -56,18 +57,18 @@ def retrieval_average_figure(average, *, train_lengths=None) -> Figure:
     one line per (model, attention, theta). `average`: tables.retrieval_average's rows."""
     panel_list, keys = panels(average)
     names = panel_names(full_keys(panel_list, keys))
-    right = "answer_nll" in average.columns and average["answer_nll"].notna().any()
+    right = ANSWER_NLL in average.columns and average[ANSWER_NLL].notna().any()
     fig = Figure(figsize=(11.5 if right else 6.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2 if right else 1, squeeze=False)[0]
-    columns = [("accuracy", "accuracy (mean over presets)")] + ([("answer_nll", "answer NLL (nats/token, mean over presets)")] if right else [])
+    columns = [(ACCURACY, "accuracy (mean over presets)")] + ([(ANSWER_NLL, "answer NLL (nats/token, mean over presets)")] if right else [])
     for ax, (column, label) in zip(axes, columns):
         for (key, part), name in zip(panel_list, names.titles):
-            part = part.sort_values("context_length")
-            ax.plot(part["context_length"].to_numpy(float), part[column].to_numpy(float), marker="o", linewidth=1.5,
+            part = part.sort_values(CONTEXT_LENGTH)
+            ax.plot(part[CONTEXT_LENGTH].to_numpy(float), part[column].to_numpy(float), marker="o", linewidth=1.5,
                     label=name)
         training_length_lines(ax, train_lengths)
         ax.set_xscale("log", base=2)
-        lengths = sorted({int(n) for n in average["context_length"]})
+        lengths = sorted({int(n) for n in average[CONTEXT_LENGTH]})
         ax.set_xticks(lengths, [str(n) for n in lengths], fontsize=8)
         ax.minorticks_off()
         ax.set_xlabel("context length (tokens)")

@@ -9,6 +9,7 @@ from matplotlib import colormaps
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from harness.columns import ACCURACY, ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH
 from harness.plots.labels import (TITLE_SIZE, chars_per_line, figure_title, grid_shape, panel_names, panel_title,
                                   shared_line, wrap_title)
 from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, value_grid, variant_keys
@@ -90,16 +91,16 @@ def _default_title(df) -> str:
 
 def needle_heatmap(ax, df, *, train_length=None, title=None, annotate=True, colorbar=False):
     """Accuracy heatmap of one model's needle rows: x = context length, y = depth, colour fixed on 0..1."""
-    grid_heatmap(ax, value_grid(df, "correct"), cmap=NIAH_CMAP, vmin=0.0, vmax=1.0, fmt=lambda v: f"{v:.2f}",
+    grid_heatmap(ax, value_grid(df, CORRECT), cmap=NIAH_CMAP, vmin=0.0, vmax=1.0, fmt=lambda v: f"{v:.2f}",
                  train_length=train_length, title=_default_title(df) if title is None else title, annotate=annotate)
     if colorbar:
-        ax.figure.colorbar(ax.images[0], ax=ax, label="accuracy")
+        ax.figure.colorbar(ax.images[0], ax=ax, label=ACCURACY)
     return ax
 
 
 def nll_heatmap(ax, df, *, vmax=None, train_length=None, title=None, annotate=True):
     """Mean teacher-forced answer NLL per (depth, context length) of one model's rows, on 0..vmax."""
-    grid = value_grid(df, "answer_nll")
+    grid = value_grid(df, ANSWER_NLL)
     vmax = vmax or max(float(np.nanmax(grid.to_numpy(dtype=float))), 1e-3)
     return grid_heatmap(ax, grid, cmap=NLL_CMAP, vmin=0.0, vmax=vmax, fmt=format_nll,
                         train_length=train_length, title=_default_title(df) if title is None else title,
@@ -108,12 +109,12 @@ def nll_heatmap(ax, df, *, vmax=None, train_length=None, title=None, annotate=Tr
 
 def has_nll(df) -> bool:
     """True when the rows carry a teacher-forced answer NLL worth drawing."""
-    return "answer_nll" in df.columns and bool(df["answer_nll"].notna().any())
+    return ANSWER_NLL in df.columns and bool(df[ANSWER_NLL].notna().any())
 
 
 def panel_size(df) -> tuple[float, float]:
     """(width, height) in inches of one heatmap panel, from the number of lengths and depths."""
-    lengths, depths = df["context_length"].nunique(), df["depth"].nunique()
+    lengths, depths = df[CONTEXT_LENGTH].nunique(), df[DEPTH].nunique()
     return max(3.0, 0.5 * lengths + 1.3), max(2.3, 0.32 * depths + 1.5)
 
 
@@ -150,7 +151,7 @@ def needle_heatmap_figure(df, *, train_lengths=None, suptitle=None, ncols=None, 
     fig = Figure(figsize=(width * ncols + 1.4, height * nrows * blocks + 0.5), layout="constrained")
     axes = _block_axes(fig, len(panel_list), ncols, nrows, blocks)
     wrap = chars_per_line(width - 0.6)
-    vmax = max(float(df.groupby(["depth", "context_length"] + keys, dropna=False)["answer_nll"].mean().max()), 1e-3) if nll else None
+    vmax = max(float(df.groupby([DEPTH, CONTEXT_LENGTH] + keys, dropna=False)[ANSWER_NLL].mean().max()), 1e-3) if nll else None
     for i, ((key, part), title) in enumerate(zip(panel_list, names.titles)):
         train = _train_for(train_lengths, dict(zip(keys, key)).get("model"))
         needle_heatmap(axes[0][i], part, train_length=train, title=wrap_title(title, wrap))
@@ -167,11 +168,11 @@ def needle_heatmap_figure(df, *, train_lengths=None, suptitle=None, ncols=None, 
 # ---------------------------------------------------------------------------- comparison (lch compare)
 
 
-def needle_difference_heatmap(ax, df_a, df_b, *, title=None, annotate=True, value="correct", limit=None,
+def needle_difference_heatmap(ax, df_a, df_b, *, title=None, annotate=True, value=CORRECT, limit=None,
                               train_length=None):
     """B minus A per (depth, context length): accuracy on a fixed -1..1 scale, answer_nll on +-limit."""
     diff = value_grid(df_b, value).sub(value_grid(df_a, value)).dropna(how="all").dropna(axis=1, how="all")
-    if value == "correct":
+    if value == CORRECT:
         cmap, limit, fmt = DIFF_CMAP, 1.0, (lambda v: f"{v:+.2f}")
     else:
         cmap, fmt = NLL_DIFF_CMAP, (lambda v: ("+" if v >= 0 else "") + format_nll(v))
@@ -203,13 +204,13 @@ def difference_figure(df, *, suptitle=None, nll=None, train_lengths=None) -> Fig
     parts = [_rows_of(df, key) for key in others]
     limit = None
     if nll:
-        diffs = [value_grid(p, "answer_nll").sub(value_grid(first, "answer_nll")).to_numpy(dtype=float) for p in parts]
+        diffs = [value_grid(p, ANSWER_NLL).sub(value_grid(first, ANSWER_NLL)).to_numpy(dtype=float) for p in parts]
         limit = max([float(np.nanmax(np.abs(d))) for d in diffs if np.isfinite(d).any()] + [1e-3])
     for i, (key, part, title) in enumerate(zip(others, parts, names.titles[1:])):
         train = _train_for(train_lengths, key[0])
         needle_difference_heatmap(axes[0][i], first, part, title=wrap_title(title, wrap), train_length=train)
         if nll:
-            needle_difference_heatmap(axes[1][i], first, part, title=wrap_title(title, wrap), value="answer_nll",
+            needle_difference_heatmap(axes[1][i], first, part, title=wrap_title(title, wrap), value=ANSWER_NLL,
                                       limit=limit, train_length=train)
     if nll:
         fig.colorbar(axes[1][0].images[0], ax=axes[1], label="answer NLL minus A's\n(blue: lower, better)", shrink=0.9)

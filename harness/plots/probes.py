@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from harness.columns import CORRECT
 from harness.plots.curves import legend_with_shared, training_length_lines
 from harness.plots.heatmaps import full_keys, panels
 from harness.plots.labels import chars_per_line, figure_title, grid_shape, panel_names, shared_line, wrap_title
 from harness.results.tables import fading_quantiles, head_ranking
 
-PROBE_OUTCOMES = (("correct", "#1a9850", "fully correct"), ("first_digit", "#f5a623", "first digit correct"),
+PROBE_OUTCOMES = ((CORRECT, "#1a9850", "fully correct"), ("first_digit", "#f5a623", "first digit correct"),
                   ("wrong", "#d7301f", "wrong"))
 """Outcome of a greedy answer -> (colour, legend label), for the best-head plot."""
 
@@ -37,7 +38,7 @@ def top_heads_bar(ax, df, *, k: int = 25, title=None):
 
 
 def _outcome(correct, first_digit) -> str:
-    return "correct" if bool(correct) else "first_digit" if bool(first_digit) else "wrong"
+    return CORRECT if bool(correct) else "first_digit" if bool(first_digit) else "wrong"
 
 
 def best_head_trials(ax, df, *, head: tuple[int, int] | None = None, title=None):
@@ -46,8 +47,8 @@ def best_head_trials(ax, df, *, head: tuple[int, int] | None = None, title=None)
         best = head_ranking(df).iloc[0]
         head = (int(best["layer"]), int(best["head"]))
     rows = df[(df["layer"] == head[0]) & (df["head"] == head[1])].sort_values("needle_score", ascending=False)
-    first = rows["first_digit_correct"] if "first_digit_correct" in rows.columns else rows["correct"]
-    outcome = np.array([_outcome(c, f) for c, f in zip(rows["correct"], first)])
+    first = rows["first_digit_correct"] if "first_digit_correct" in rows.columns else rows[CORRECT]
+    outcome = np.array([_outcome(c, f) for c, f in zip(rows[CORRECT], first)])
     x = np.arange(1, len(rows) + 1)
     y = rows["needle_score"].to_numpy(float)
     ax.plot(x, y, color="0.75", linewidth=1, zorder=1)

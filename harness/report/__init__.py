@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.columns import ROPE_THETA
 from harness import results
 from harness.atomic import write_text
 from harness.results.headline import headline_table, retrieval_preset_table  # noqa: F401 (headline_table: public here too)
@@ -163,7 +164,7 @@ def run_rows(run_dirs) -> pd.DataFrame:
 
 def model_rows(manifest: dict) -> pd.DataFrame:
     """One row per model variant of the manifests: training length and where it came from, checkpoint attention."""
-    rows = [{"model": m.get("name"), "attention": m.get("attention"), "rope_theta": m.get("rope_theta"),
+    rows = [{"model": m.get("name"), "attention": m.get("attention"), ROPE_THETA: m.get(ROPE_THETA),
              "training length": m.get("training_length"), "training length from": m.get("training_length_source"),
              "checkpoint attention": m.get("checkpoint_attention"), "architecture": m.get("architecture")}
             for m in manifest.get("models", [])]

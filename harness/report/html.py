@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.columns import ROPE_THETA
 from harness.results.headline import multiple
 from harness.plots import NIAH_CMAP, theta_label
 
@@ -35,7 +36,7 @@ HEADLINE_NOTE = (
     "(nats/token) of the position_loss run.")
 
 
-HEADERS = {"rope_theta": "RoPE θ", "training length": "training length L"}
+HEADERS = {ROPE_THETA: "RoPE θ", "training length": "training length L"}
 """Column names shown differently in the page (the CSV keeps the table's own)."""
 
 
@@ -51,8 +52,8 @@ def _is_accuracy(column: str) -> bool:
 def _cell(column: str, value, row) -> tuple[str, str]:
     """(text, extra td attributes) of one table cell: accuracy shaded on the heatmaps' palette."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ("checkpoint" if column == "rope_theta" else "–"), ""
-    if column == "rope_theta":
+        return ("checkpoint" if column == ROPE_THETA else "–"), ""
+    if column == ROPE_THETA:
         return theta_label(value)[2:], ""
     if isinstance(value, str):
         return value, " class='text'"

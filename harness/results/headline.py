@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 
+from harness.columns import ACCURACY, ANSWER_NLL, CONTEXT_LENGTH, CORRECT
 from harness.results.tables import MODEL_COLUMNS, effective_length, retrieval_average, variant_keys
 
 THRESHOLD = 0.8
@@ -56,10 +57,10 @@ def needle_rows(needle, train_lengths, threshold=THRESHOLD) -> dict:
     out = {}
     for key, part in by_variant(needle):
         train = train_lengths.get(key[0])
-        accuracy = part.assign(correct=part["correct"].astype(float)).groupby("context_length")["correct"].mean()
+        accuracy = part.assign(correct=part[CORRECT].astype(float)).groupby(CONTEXT_LENGTH)[CORRECT].mean()
         row = accuracy_row("needle ", accuracy.to_dict(), train, threshold)
-        if train and "answer_nll" in part.columns:
-            row[f"needle answer NLL {BEYOND}"] = _mean(part.loc[part["context_length"] > train, "answer_nll"])
+        if train and ANSWER_NLL in part.columns:
+            row[f"needle answer NLL {BEYOND}"] = _mean(part.loc[part[CONTEXT_LENGTH] > train, ANSWER_NLL])
         out[key] = row
     return out
 
@@ -69,9 +70,9 @@ def retrieval_rows(retrieval, train_lengths, threshold=THRESHOLD) -> dict:
     out = {}
     for key, part in by_variant(retrieval_average(retrieval)):
         train = train_lengths.get(key[0])
-        row = accuracy_row("retrieval ", dict(zip(part["context_length"], part["accuracy"])), train, threshold)
-        if train and "answer_nll" in part.columns:
-            row[f"retrieval answer NLL {BEYOND}"] = _mean(part.loc[part["context_length"] > train, "answer_nll"])
+        row = accuracy_row("retrieval ", dict(zip(part[CONTEXT_LENGTH], part[ACCURACY])), train, threshold)
+        if train and ANSWER_NLL in part.columns:
+            row[f"retrieval answer NLL {BEYOND}"] = _mean(part.loc[part[CONTEXT_LENGTH] > train, ANSWER_NLL])
         out[key] = row
     return out
 
@@ -143,12 +144,12 @@ def retrieval_preset_table(retrieval, train_lengths: dict, threshold: float = TH
     for preset, part in retrieval.groupby("task", sort=True):
         for key, rows_of in by_variant(part):
             train = train_lengths.get(key[0])
-            accuracy = rows_of.assign(correct=rows_of["correct"].astype(float)).groupby("context_length")["correct"].mean()
+            accuracy = rows_of.assign(correct=rows_of[CORRECT].astype(float)).groupby(CONTEXT_LENGTH)[CORRECT].mean()
             row = {**dict(zip(MODEL_COLUMNS, key)), "preset": preset, "training length": train,
                    **accuracy_row("", accuracy.to_dict(), train, threshold)}
             row["recall"] = _mean(rows_of["recall"]) if "recall" in rows_of.columns else None
-            if train and "answer_nll" in rows_of.columns:
-                row[f"answer NLL {BEYOND}"] = _mean(rows_of.loc[rows_of["context_length"] > train, "answer_nll"])
+            if train and ANSWER_NLL in rows_of.columns:
+                row[f"answer NLL {BEYOND}"] = _mean(rows_of.loc[rows_of[CONTEXT_LENGTH] > train, ANSWER_NLL])
             rows.append(row)
     out = pd.DataFrame(rows)
     front = [*MODEL_COLUMNS, "preset", "training length"]

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-MODEL_COLUMNS = ("model", "attention", "rope_theta")
-"""The columns the runner puts first in every row: what produced it. One figure panel per combination."""
+from harness.columns import ACCURACY, ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH, MODEL_COLUMNS
 
 
 def model_columns(df) -> list[str]:
@@ -31,7 +30,7 @@ def effective_lengths(summary, keys: list[str], threshold: float) -> pd.DataFram
     rows = []
     for group, part in (summary.groupby(keys, dropna=False) if keys else [((), summary)]):
         group = group if isinstance(group, tuple) else (group,)
-        acc = dict(zip(part["context_length"].astype(int), part["accuracy"]))
+        acc = dict(zip(part[CONTEXT_LENGTH].astype(int), part[ACCURACY]))
         rows.append({**dict(zip(keys, group)), "effective_length": effective_length(acc, threshold),
                      "threshold": threshold, "max_length": max(acc)})
     return pd.DataFrame(rows)
@@ -40,13 +39,13 @@ def effective_lengths(summary, keys: list[str], threshold: float) -> pd.DataFram
 def value_grid(df, value: str):
     """Mean of `value` per cell as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
     grid = df.assign(**{value: df[value].astype(float)}).pivot_table(
-        index="depth", columns="context_length", values=value, aggfunc="mean", dropna=False)
+        index=DEPTH, columns=CONTEXT_LENGTH, values=value, aggfunc="mean", dropna=False)
     return grid.sort_index().sort_index(axis=1)
 
 
 def needle_accuracy_grid(df):
     """Mean `correct` as a DataFrame: rows = depth (ascending), columns = context length (ascending)."""
-    return value_grid(df, "correct")
+    return value_grid(df, CORRECT)
 
 
 def missing(value) -> bool:
@@ -85,11 +84,11 @@ def retrieval_average(df) -> pd.DataFrame:
     retrieval table): each preset's mean accuracy, recall and answer NLL, then the mean over presets (each
     preset weighs the same); `presets` counts them, `preset_names` lists them."""
     keys = model_columns(df)
-    cols = {"accuracy": ("correct", "mean")}
-    cols.update({name: (name, "mean") for name in ("recall", "answer_nll") if name in df.columns})
-    per_preset = (df.assign(correct=df["correct"].astype(float))
-                  .groupby([*keys, "task", "context_length"], dropna=False, sort=False).agg(**cols).reset_index())
-    grouped = per_preset.sort_values("context_length", kind="stable").groupby([*keys, "context_length"], dropna=False,
+    cols = {ACCURACY: (CORRECT, "mean")}
+    cols.update({name: (name, "mean") for name in ("recall", ANSWER_NLL) if name in df.columns})
+    per_preset = (df.assign(correct=df[CORRECT].astype(float))
+                  .groupby([*keys, "task", CONTEXT_LENGTH], dropna=False, sort=False).agg(**cols).reset_index())
+    grouped = per_preset.sort_values(CONTEXT_LENGTH, kind="stable").groupby([*keys, CONTEXT_LENGTH], dropna=False,
                                                                               sort=False)  # variants in order of appearance
     out = grouped[list(cols)].mean()
     out["presets"] = grouped["task"].nunique()

@@ -23,7 +23,6 @@ from harness.errors import UserError
 from harness.runner import distributed, rundir
 from harness.runner.plan import Cell, RunPlan, cell_seed, plan_run
 
-LOAD_OPTIONS = ("allow_pickle", "trust_remote_code", "device_map")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -38,27 +37,26 @@ def run_task(task_name: str, models, params=None, *, out_root="results", name: s
              device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
              trust_remote_code: bool = False, progress: bool = True, device_map: str | None = None) -> Path:
     """Run a task's grid on each model (resuming finished cells) and return the run directory."""
-    if device_map is not None:
-        from harness.models.loading import check_device_map
-
-        check_device_map(device_map)
     plan = plan_run(task_name, models, params, out_root=out_root, name=name, device=device, dtype=dtype,
-                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    extra = {"device_map": device_map} if device_map is not None else {}
-    return execute(plan, progress=progress, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                   trust_remote_code=trust_remote_code, **extra)
+                    allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device_map=device_map)
+    return execute(plan, progress=progress)
 
 
-def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
-    """Compute the plan's pending cells (this process's share under torchrun), then assemble the run dir."""
+def execute(plan: RunPlan, *, progress: bool = True) -> Path:
+    """Compute the plan's pending cells (this process's share under torchrun), then assemble the run dir.
+
+    Models load exactly as the plan describes them (`plan.infos`); under torchrun each process puts them on
+    its own GPU (cuda:LOCAL_RANK), the one placement decided here.
+    """
     rank, world = distributed.shard()
-    if world > 1 and load_kw.get("device_map") is not None:
+    mapped = next((i.device_map for i in plan.infos if i.device_map is not None), None)
+    if world > 1 and mapped is not None:
         raise UserError(f"--device-map spreads one model over all devices in one process; do not combine it "
                         f"with torchrun (WORLD_SIZE={world})")
-    load_kw["device"] = distributed.local_device(load_kw.get("device", "cpu"), world)
-    joined = distributed.join_group(world, load_kw["device"])
+    device = distributed.local_device(plan.infos[0].device, world)
+    joined = distributed.join_group(world, device)
     try:
-        return _execute(plan, rank, world, progress, load_kw)
+        return _execute(plan, rank, world, progress, device)
     finally:
         if joined:
             import torch.distributed as dist
@@ -66,7 +64,7 @@ def execute(plan: RunPlan, *, progress: bool = True, **load_kw) -> Path:
             dist.destroy_process_group()
 
 
-def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict) -> Path:
+def _execute(plan: RunPlan, rank: int, world: int, progress: bool, device: str) -> Path:
     run_dir, cells = plan.run_dir, plan.cells
     fresh = not run_dir.exists()
     rundir.writing(run_dir / "cells", lambda: (run_dir / "cells").mkdir(parents=True, exist_ok=True))
@@ -84,7 +82,7 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict
     mine = distributed.assign_cells(pending, world)[rank]
     try:
         with _deferred_sigint() as stop:
-            _run_pending(plan, mine, stop, progress=progress and rank == 0, **load_kw)
+            _run_pending(plan, mine, stop, progress=progress and rank == 0, device=device)
     except BaseException as e:
         if isinstance(e, UserError) and fresh and world == 1 and not any((run_dir / "cells").iterdir()):
             # bad input found once the model was loaded (e.g. a tokenizer-dependent minimum length):
@@ -109,12 +107,11 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, load_kw: dict
     return run_dir
 
 
-def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> None:
+def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> None:
     """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
     from tqdm.auto import tqdm
 
     from harness.models import loading
-    from harness.models.checkpoint import resolve_device
 
     pending = [c for c in cells if rundir.load_cell(plan.cell_path(c), c.key) is None]
     total_cost = sum(c.cost for c in cells)
@@ -129,8 +126,7 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, **load_kw) -> No
             if not todo or stop.is_set():
                 continue
             # the plan's description, on this process's device (cuda:LOCAL_RANK under torchrun)
-            info = dataclasses.replace(plan.infos[m], device=resolve_device(load_kw.get("device") or plan.infos[m].device))
-            loaded = loading.load_described(info, **{k: load_kw[k] for k in LOAD_OPTIONS if k in load_kw})
+            loaded = loading.load_described(dataclasses.replace(plan.infos[m], device=device))
             state = plan.task.prepare(plan.params, loaded)
             for cell in todo:
                 if stop.is_set():

@@ -93,7 +93,7 @@ def check_run_name(name: str) -> str:
 
 def plan_run(task_name: str, models, params=None, *, out_root="results", name: str | None = None,
              device: str = "cpu", dtype: str | None = None, allow_pickle: bool = False,
-             trust_remote_code: bool = False) -> RunPlan:
+             trust_remote_code: bool = False, device_map: str | None = None) -> RunPlan:
     """Validate a run (task, params, models, corpus, name) and key its cells; loads no weights, writes nothing."""
     from harness.models import checkpoint
 
@@ -111,7 +111,8 @@ def plan_run(task_name: str, models, params=None, *, out_root="results", name: s
         check_run_name(name)
     infos = tuple(checkpoint.describe_model(r.spec, r.attention, r.rope_theta, training_length=r.training_length,
                                             rope_bases=dict(r.rope_bases) or None, allow_pickle=allow_pickle,
-                                            trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+                                            trust_remote_code=trust_remote_code, dtype=dtype, device=device,
+                                            device_map=device_map)
                   for r in requests)
     idents = [model_identity(i) for i in infos]
     if len(set(idents)) < len(idents):
