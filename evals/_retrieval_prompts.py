@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evals._prompted import PromptState
 from harness.columns import CONTEXT_LENGTH, CORRECT, DEPTH, TRIAL
 from harness.errors import UserError
 from harness.data.filler import LineSource
 from harness.data.haystack import check_depth, encode
-from harness.data.prompts import Insert, PromptFrame, build_prompt
+from harness.data.prompts import Insert, build_prompt
 
 KINDS = ("word", "number", "uuid")
 """Key and value kinds: word (adjective-noun), number (7 digits, first never 0), uuid (version 4)."""
@@ -249,19 +250,7 @@ def score(prompt: RetrievalPrompt, generated_ids: Sequence[int], generated_text:
             "first_token_correct": list(generated_ids[:first_end]) == list(prompt.answer_ids[:first_end])}
 
 
-@dataclass(frozen=True)
-class RetrievalState:
-    """What a model's cells share: the haystack source (corpus or filler) and the prompt frame."""
-
-    source: object
-    """HaystackSource of the corpus, or a FillerSource (also the padding of a needles haystack)"""
-    frame: PromptFrame
-    """harness.data.prompts.PromptFrame (plain or chat)"""
-    prefix: object = None
-    """the model's harness.inference.prefix_cache.PrefixCache (set by the task's prepare; None: one prefill per prompt)"""
-
-
-def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: RetrievalState, length: int,
+def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: PromptState, length: int,
                            depth: float, trial: int) -> RetrievalPrompt:
     """The prompt of one (length, depth, trial): pure and deterministic in (params, trial, length, depth)."""
     depth = check_depth(depth)

@@ -1,28 +1,22 @@
 """Task `needle`: token-exact needle-in-a-haystack over context length x depth (the paper's Figure 6).
 
-Prompts come from `harness.data.prompts` (pure functions); this module scores them on a model with
-`harness.inference.decode`: greedy decoding with the KV cache (-> correct, first_digit_correct) and the
-teacher-forced NLL of the gold answer, both from one prefill. With prefix_cache (default) the prompts of
-one trial (every length and depth) run consecutively, latest needle first, and each reuses the previous
-one's prefill up to their common prefix (harness.inference.prefix_cache): the same results, fewer prompt tokens.
+Prompts come from `harness.data.prompts` (pure functions); the cell's work (greedy decoding and the answer
+NLL from one prefill, shared-prefix prefill across a trial) is the PromptedTask's (evals._prompted). This
+module says what a needle is: a city's number in the held-out corpus, scored digit by digit.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness.columns import ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH, ROPE_THETA, TRIAL
-from harness.atomic import write_text
-from harness.inference.decode import digits_settled, parse_digits, score_prompt
+from evals._prompted import PromptedTask, PromptState
+from harness.columns import CONTEXT_LENGTH, CORRECT, DEPTH, TRIAL
+from harness.data.haystack import CITIES, DEFAULT_DIGITS, haystack_source
+from harness.data.prompts import NeedlePrompt, build_needle_prompt
 from harness.errors import UserError
-from harness.data.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
-from harness.inference.prefix_cache import DepthGrid, PrefixCache
-from harness.data.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
-from harness.results.tables import effective_lengths, model_columns
-from harness.task import Task, register_task
+from harness.inference.decode import digits_settled, parse_digits
+from harness.task import register_task
 
 
 @dataclass(frozen=True)
@@ -75,59 +69,24 @@ def prompt_record(p: NeedlePrompt, trial: int) -> dict:
             "answer_ids": list(p.answer_ids)}
 
 
-@dataclass(frozen=True)
-class NeedleState:
-    """What a model's cells share: the tokenised haystack corpus and the prompt frame (plain or chat)."""
-
-    source: object
-    """harness.data.haystack.HaystackSource for the model's tokenizer"""
-    frame: object
-    """harness.data.prompts.PromptFrame"""
-    prefix: PrefixCache = field(default_factory=PrefixCache)
-    """the model's shared-prefix KV cache (one prompt's at most)"""
-
-
 @register_task("needle")
-class NeedleTask(DepthGrid, Task):
+class NeedleTask(PromptedTask):
     """Needle in a haystack over context length x depth: greedy retrieval accuracy and answer NLL."""
 
     Params = NeedleParams
     tables = ("needle", "prompts")
-    grid_params = ("lengths", "depths", "trials", "threshold")
-    execution_params = ("prefix_cache",)
+    table = "needle"
+    summary_columns = {"first_digit_accuracy": "first_digit_correct"}
     added_params = {"template": "plain"}
 
     def validate(self, params: NeedleParams) -> None:
         """Check the grid and knobs (the corpus size per tokenizer is checked in `prepare`)."""
-        if not params.lengths:
-            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
-        for length in params.lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
-        if not params.depths:
-            raise UserError("depths is empty; give fractions in [0, 1], e.g. -T depths=0,0.5,1")
-        for depth in params.depths:
-            check_depth(depth)
-        if isinstance(params.trials, bool) or not isinstance(params.trials, int) or params.trials < 1:
-            raise UserError(f"trials={params.trials!r} is not allowed; use an integer >= 1")
+        self.validate_grid(params)
         if isinstance(params.digits, bool) or not isinstance(params.digits, int) or not 1 <= params.digits <= 18:
             raise UserError(f"digits={params.digits!r} is not allowed; use an integer from 1 to 18")
         if not params.cities or any(not str(c).strip() for c in params.cities):
             raise UserError(f"cities={params.cities!r} is not allowed; give non-empty city names")
-        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
-        if not 0.0 <= params.threshold <= 1.0:
-            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
-        if params.template not in TEMPLATES:
-            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        from harness.data.corpus import load_corpus
-
-        corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError now
-        # A token covers at least one byte, so no tokenizer fills more than this (exact check: prepare).
-        bound = sum(len(d.text.encode("utf-8")) for d in corpus.documents) + 256
-        if max(params.lengths) > bound:
-            raise UserError(f"context length {max(params.lengths)} is more than corpus {params.corpus!r} can fill "
-                            f"(about {bound} tokens at most); use shorter lengths or a larger corpus")
+        self.check_corpus_fills(params)
 
     def data_fingerprint(self, params: NeedleParams) -> str:
         """The haystack corpus's fingerprint."""
@@ -135,57 +94,30 @@ class NeedleTask(DepthGrid, Task):
 
         return load_corpus(params.corpus).fingerprint
 
-    def prepare(self, params: NeedleParams, loaded):
-        """The held-out corpus tokenised (lazily, once) for this tokenizer; checks the extreme lengths."""
+    def haystack(self, params: NeedleParams, tokenizer):
+        """The held-out corpus, tokenised lazily (once) for this tokenizer."""
         from harness.data.corpus import load_corpus
 
-        source = haystack_source(loaded.tokenizer, load_corpus(params.corpus, split="heldout"))
-        state = NeedleState(source, prompt_frame(loaded.tokenizer, params.template), PrefixCache(params.prefix_cache))
-        for trial in range(params.trials):  # too short / too long for this tokenizer: fail before any cell
-            for length in (min(params.lengths), max(params.lengths)):
-                self.prompt(params, loaded.tokenizer, state, length, 0.5, trial)
-        return state
+        return haystack_source(tokenizer, load_corpus(params.corpus, split="heldout"))
 
-    @staticmethod
-    def prompt(params: NeedleParams, tokenizer, state: "NeedleState", length: int, depth: float,
+    def prompt(self, params: NeedleParams, tokenizer, state: PromptState, length: int, depth: float,
                trial: int) -> NeedlePrompt:
         """The prompt of one cell (depends on params.seed and trial, never on the model)."""
         return build_needle_prompt(tokenizer, state.source, int(length), float(depth), seed=params.seed,
                                    trial=int(trial), cities=params.cities, digits=params.digits, frame=state.frame)
 
-    def run_cell(self, params: NeedleParams, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
-        """Build the cell's prompt, decode greedily, score it and compute the answer NLL."""
-        t0 = time.perf_counter()
-        tok = loaded.tokenizer
-        state = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
-        n_new = len(p.answer_ids) + params.max_new_tokens
-        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
-                                      stop=digits_settled(tok), prefix=state.prefix, group=self.group(params, cell))
-        text = tok.decode(generated)
-        row = {
-            CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]),
-            "city": p.city, "answer": p.number, **score(p, text), ANSWER_NLL: nll,
-            "prompt_tokens": len(p.input_ids), "needle_start": p.needle_span[0], "needle_end": p.needle_span[1],
-            "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
-        }
-        out = {"needle": [row], "telemetry": {"tokens": len(p.input_ids), **state.prefix.last}}
-        if params.save_prompts:
-            out["prompts"] = [prompt_record(p, int(cell[TRIAL]))]
-        return out
+    def stop_rule(self, tokenizer):
+        """Stop once the digits of the answer are settled."""
+        return digits_settled(tokenizer)
 
-    def summarize(self, tables: dict, params: NeedleParams) -> dict:
-        """needle_summary (accuracy per model, attention, theta and length) and needle_effective_length."""
+    def score_row(self, params: NeedleParams, prompt: NeedlePrompt, generated: list[int], text: str) -> dict:
+        """city, answer, prediction, correct, first_digit_correct and the needle's span."""
+        return {"city": prompt.city, "answer": prompt.number, **score(prompt, text),
+                "needle_start": prompt.needle_span[0], "needle_end": prompt.needle_span[1]}
 
-        df = tables.get("needle")
-        if df is None or df.empty:
-            return {}
-        keys = model_columns(df)
-        summary = (df.groupby(keys + [CONTEXT_LENGTH], dropna=False)
-                   .agg(accuracy=(CORRECT, "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
-                        answer_nll=(ANSWER_NLL, "mean"), n=(CORRECT, "size"))
-                   .reset_index())
-        return {"needle_summary": summary, "needle_effective_length": effective_lengths(summary, keys, params.threshold)}
+    def prompt_record(self, prompt: NeedlePrompt, trial: int) -> dict:
+        """One prompts.jsonl row."""
+        return prompt_record(prompt, trial)
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """needle_heatmap.png: one panel per (model, attention, theta)."""
@@ -199,31 +131,3 @@ class NeedleTask(DepthGrid, Task):
         fig = needle_heatmap_figure(df, train_lengths=training_lengths(manifest))
         fig.savefig(out, dpi=120, bbox_inches="tight")
         return [out]
-
-    def finalize(self, run_dir: Path, tables: dict, params: NeedleParams) -> None:
-        """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt (contract fields first)."""
-        df = tables.get("prompts")
-        if not params.save_prompts or df is None or df.empty:
-            return
-        write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
-
-
-def write_prompts_jsonl(path: Path, df) -> Path:
-    """Write prompt rows (model, context_length, depth, trial, input_ids, needle_span, answer_ids, ...) atomically."""
-    first = ["model", "attention", ROPE_THETA, "task", CONTEXT_LENGTH, DEPTH, TRIAL, "input_ids", "needle_span",
-             "value_spans", "answer_ids"]
-    cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first and c != "run"]
-    lines = (json.dumps({k: _plain(v) for k, v in rec.items()}) + "\n" for rec in df[cols].to_dict(orient="records"))
-    write_text(path, "".join(lines))
-    return path
-
-
-def _plain(v):
-    """JSON-able value from a pandas/numpy/pyarrow cell."""
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, float) and v != v:
-        return None
-    return v.item() if hasattr(v, "item") else v

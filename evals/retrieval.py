@@ -17,45 +17,31 @@ depend on (seed, trial) only: the same at every length and depth, for every mode
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from harness.columns import ANSWER_NLL, CONTEXT_LENGTH, CORRECT, DEPTH, TRIAL
-from harness.inference.decode import score_prompt
-from harness.errors import UserError
+from evals._prompted import PromptedTask, PromptState
+from evals._retrieval_prompts import (HAYSTACKS, KINDS, MIN_NEEDLE_TOKENS, STYLES, RetrievalParams, RetrievalPrompt,
+                                      _positive_int, answer_settled, build_retrieval_prompt, prompt_record, score)
 from harness.data.filler import FillerSource, filler_fingerprint
-from harness.data.haystack import check_depth, haystack_source
-from harness.inference.prefix_cache import DepthGrid, PrefixCache
-from harness.data.prompts import TEMPLATES, prompt_frame
-from harness.results.tables import effective_lengths, model_columns
-from harness.task import Task, register_task
-from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int, prompt_record)
-
-# ------------------------------------------------------------------------------------ keys and values
-
+from harness.data.haystack import haystack_source
+from harness.errors import UserError
+from harness.task import register_task
 
 @register_task("retrieval")
-class RetrievalTask(DepthGrid, Task):
+class RetrievalTask(PromptedTask):
     """Keyed retrieval (RULER-style needles, passkey) over length x depth; every knob a parameter."""
 
     Params = RetrievalParams
     tables = ("retrieval", "prompts")
-    grid_params = ("lengths", "depths", "trials", "threshold")
-    execution_params = ("prefix_cache",)
+    table = "retrieval"
+    summary_columns = {"recall": "recall", "first_token_accuracy": "first_token_correct"}
+    summary_keys = ("task",)
     added_params = {"save_prompts": False}
 
     def validate(self, params: RetrievalParams) -> None:
         """One clear line per bad parameter (the exact token budget is checked in `prepare`)."""
-        if not params.lengths:
-            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
-        for length in params.lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
-        if not params.depths:
-            raise UserError("depths is empty; give fractions in [0, 1], e.g. -T depths=0,0.5,1")
-        for depth in params.depths:
-            check_depth(depth)
-        for name in ("trials", "keys", "values", "queries"):
+        self.validate_grid(params)
+        for name in ("keys", "values", "queries"):
             _positive_int(name, getattr(params, name))
         if params.queries > params.keys:
             raise UserError(f"queries={params.queries} is more than keys={params.keys}: only keys in the prompt can "
@@ -71,25 +57,13 @@ class RetrievalTask(DepthGrid, Task):
             raise UserError("style=passkey has one pass key: use keys=1, values=1, queries=1")
         if params.style == "passkey" and params.haystack == "needles":
             raise UserError("style=passkey needs haystack=filler or haystack=corpus (a needles haystack holds other keys)")
-        if params.template not in TEMPLATES:
-            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
-        if not 0.0 <= params.threshold <= 1.0:
-            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
         needles = params.keys * params.values
         if needles * MIN_NEEDLE_TOKENS > min(params.lengths):
             raise UserError(f"{needles} needles ({params.keys} key(s) x {params.values} value(s)) cannot fit in context "
                             f"length {min(params.lengths)} (each takes at least {MIN_NEEDLE_TOKENS} tokens); use fewer "
                             f"keys/values or longer lengths")
         if params.haystack == "corpus":
-            from harness.data.corpus import load_corpus
-
-            corpus = load_corpus(params.corpus, split="heldout")  # unknown spec or missing file -> UserError
-            bound = sum(len(d.text.encode("utf-8")) for d in corpus.documents) + 256 + 100 * needles
-            if max(params.lengths) > bound:
-                raise UserError(f"context length {max(params.lengths)} is more than corpus {params.corpus!r} can fill "
-                                f"(about {bound} tokens at most); use shorter lengths, a larger corpus or haystack=filler")
+            self.check_corpus_fills(params, extra_tokens=100 * needles)
 
     def data_fingerprint(self, params: RetrievalParams) -> str:
         """The corpus's fingerprint for haystack=corpus; a fixed string naming the filler text otherwise."""
@@ -99,62 +73,31 @@ class RetrievalTask(DepthGrid, Task):
 
         return load_corpus(params.corpus).fingerprint
 
-    def prepare(self, params: RetrievalParams, loaded) -> RetrievalState:
-        """Haystack source and frame for this tokenizer; builds the extreme prompts once to fail before any cell."""
-        tok = loaded.tokenizer
+    def haystack(self, params: RetrievalParams, tokenizer):
+        """The held-out corpus for haystack=corpus, else filler sentences (also the padding of a needles haystack)."""
         if params.haystack == "corpus":
             from harness.data.corpus import load_corpus
 
-            source = haystack_source(tok, load_corpus(params.corpus, split="heldout"))
-        else:
-            source = FillerSource(tok)
-        state = RetrievalState(source, prompt_frame(tok, params.template), PrefixCache(params.prefix_cache))
-        for trial in range(params.trials):
-            for length in (min(params.lengths), max(params.lengths)):
-                self.prompt(params, tok, state, length, 0.5, trial)
-        return state
+            return haystack_source(tokenizer, load_corpus(params.corpus, split="heldout"))
+        return FillerSource(tokenizer)
 
-    @staticmethod
-    def prompt(params: RetrievalParams, tokenizer, state: RetrievalState, length: int, depth: float,
+    def prompt(self, params: RetrievalParams, tokenizer, state: PromptState, length: int, depth: float,
                trial: int) -> RetrievalPrompt:
         """The prompt of one cell (depends on params and trial, never on the model)."""
         return build_retrieval_prompt(params, tokenizer, state, int(length), float(depth), int(trial))
 
-    def run_cell(self, params: RetrievalParams, loaded, cell: dict, state, seed: int) -> dict[str, list[dict]]:
-        """Build the cell's prompt, decode greedily, parse and score the values, and the gold answer's NLL."""
-        t0 = time.perf_counter()
-        tok = loaded.tokenizer
-        state = state if state is not None else self.prepare(params, loaded)
-        p = self.prompt(params, tok, state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
-        n_new = len(p.answer_ids) + params.max_new_tokens
-        generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
-                                      stop=answer_settled(tok), prefix=state.prefix, group=self.group(params, cell))
-        text = tok.decode(generated)
-        row = {
-            CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]), "task": self.name,
-            "answer": ", ".join(p.asked_values), **score(p, generated, text), ANSWER_NLL: nll,
-            "prompt_tokens": len(p.input_ids), "keys": ", ".join(p.asked_keys), "needles": len(p.value_spans),
-            "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
-        }
-        prefix = state.prefix.last if state.prefix is not None else {}
-        out = {"retrieval": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **prefix}}
-        if params.save_prompts:
-            out["prompts"] = [prompt_record(p, int(cell[TRIAL]), self.name)]
-        return out
+    def stop_rule(self, tokenizer):
+        """Stop once every asked value is out."""
+        return answer_settled(tokenizer)
 
-    def summarize(self, tables: dict, params: RetrievalParams) -> dict:
-        """retrieval_summary per (model, attention, theta, task, length) and retrieval_effective_length."""
+    def score_row(self, params: RetrievalParams, prompt: RetrievalPrompt, generated: list[int], text: str) -> dict:
+        """task, answer, the parsed values and their scores, the asked keys and the number of needles."""
+        return {"task": self.name, "answer": ", ".join(prompt.asked_values), **score(prompt, generated, text),
+                "keys": ", ".join(prompt.asked_keys), "needles": len(prompt.value_spans)}
 
-        df = tables.get("retrieval")
-        if df is None or df.empty:
-            return {}
-        keys = model_columns(df) + ["task"]
-        summary = (df.groupby(keys + [CONTEXT_LENGTH], dropna=False)
-                   .agg(accuracy=(CORRECT, "mean"), recall=("recall", "mean"),
-                        first_token_accuracy=("first_token_correct", "mean"), answer_nll=(ANSWER_NLL, "mean"),
-                        n=(CORRECT, "size"))
-                   .reset_index())
-        return {"retrieval_summary": summary, "retrieval_effective_length": effective_lengths(summary, keys, params.threshold)}
+    def prompt_record(self, prompt: RetrievalPrompt, trial: int) -> dict:
+        """One prompts.jsonl row."""
+        return prompt_record(prompt, trial, self.name)
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """retrieval_heatmap_<task>.png per preset: accuracy over length x depth, one panel per model."""
@@ -171,14 +114,6 @@ class RetrievalTask(DepthGrid, Task):
             fig.savefig(out, dpi=120, bbox_inches="tight")
             paths.append(out)
         return paths
-
-    def finalize(self, run_dir: Path, tables: dict, params: RetrievalParams) -> None:
-        """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt (model columns first)."""
-        from evals.needle import write_prompts_jsonl
-
-        df = tables.get("prompts")
-        if params.save_prompts and df is not None and not df.empty:
-            write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
 
 
 # ------------------------------------------------------------------------------------------ presets

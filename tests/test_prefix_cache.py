@@ -16,7 +16,8 @@ from evals._probe_targets import ProbeTarget
 from evals.attention_probe import probe_and_decode, probe_prompt
 from harness.attention import apply_attention
 from harness.inference.decode import greedy_answer, score_prompt
-from harness.inference.prefix_cache import PrefixCache, common_prefix, shared_fraction
+from harness.inference.prefix_cache import PrefixCache, common_prefix
+from harness.task.grid import shared_fraction
 from harness.runner.rundir import prefix_cache_summary
 from tests.tiny import build_model
 

@@ -4,7 +4,7 @@ Every prompt of one trial is cut from the same haystack token stream, so two pro
 before the earlier of their needles (at any lengths: a shorter haystack is a prefix of a longer one).
 A `PrefixCache` (one per model, in the task's state) keeps the last prompt's KV cache; the next prompt
 of the same group compares token ids (never trusts coordinates), crops the cache to their common prefix
-and feeds only the rest. `DepthGrid` runs a trial's cells with the latest needle first (depth x length,
+and feeds only the rest. `harness.task.grid.DepthGrid` runs a trial's cells with the latest needle first (depth x length,
 descending), so each prompt shares everything before its own needle. A new group, nothing in common,
 or a cache that cannot crop gives a fresh prefill; a cache that cannot crop also stops sharing for the
 model (`reason`, reported per cell as telemetry and in the manifest). At most one cache is held.
@@ -19,10 +19,6 @@ from collections.abc import Hashable, Sequence
 
 from harness.inference.decode import crop_to, forward, new_cache
 
-MIN_SHARE = 0.05
-"""cost floor of a cell whose prompt is almost entirely shared (it still decodes the answer)"""
-
-
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Number of leading token ids `a` and `b` have in common."""
     n = 0
@@ -31,40 +27,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-class DepthGrid:
-    """Task mixin for grids of (context_length, depth, trial) cells with a `prefix_cache` parameter.
-
-    Cells and keys are one per prompt; with prefix_cache a trial is a group whose cells run latest
-    needle first, and a cell's cost is the part of its prompt it prefills.
-    """
-
-    def cells(self, params) -> list[dict]:
-        """One cell per (context_length, depth, trial)."""
-        return [{"context_length": int(length), "depth": float(depth), "trial": trial}
-                for length in sorted(set(params.lengths)) for depth in sorted(set(params.depths))
-                for trial in range(params.trials)]
-
-    def cost(self, params, cell: dict) -> float:
-        """Proportional to the context length, times the share of the prompt prefilled with prefix_cache."""
-        share = shared_fraction(cell, params.lengths, params.depths) if params.prefix_cache else 1.0
-        return cell["context_length"] / min(params.lengths) * share
-
-    def group(self, params, cell: dict):
-        """With prefix_cache: a trial (its prompts are cut from one haystack stream), else no group."""
-        return ("trial", cell["trial"]) if params.prefix_cache else None
-
-    def order(self, params, cell: dict) -> float:
-        """Latest needle first (depth x length, descending): each prompt then shares all before its needle."""
-        return -float(cell["depth"]) * cell["context_length"]
-
-
-def shared_fraction(cell: dict, lengths: Sequence[int], depths: Sequence[float]) -> float:
-    """Share of its prompt a cell prefills in DepthGrid order: all for the trial's first, ~1 - depth for the others."""
-    if cell["context_length"] >= max(lengths) and cell["depth"] >= max(depths):
-        return 1.0
-    return max(1.0 - float(cell["depth"]), MIN_SHARE)
 
 
 class PrefixCache:
@@ -139,4 +101,4 @@ class PrefixCache:
         self._group, self._ids, self._cache = None, (), None
 
 
-__all__ = ["PrefixCache", "DepthGrid", "common_prefix", "shared_fraction", "MIN_SHARE"]
+__all__ = ["PrefixCache", "common_prefix"]
