@@ -190,12 +190,12 @@ def test_reference_sees_each_family_specific(case):
 
 def test_softcap_path_in_small_row_chunks(monkeypatch):
     """The materialised softcap path bounds memory by chunks of query rows; many chunks give the same logits."""
-    import harness.attention
+    import harness.attention.variants as variants
 
     case = BY_ID["gemma2"]
     model = make(case)
     ids = tokens(96)
-    monkeypatch.setattr(harness.attention, "MATERIALISED_ELEMENTS", 2 * 4 * 96 * 7)  # 7 rows of 96 keys per chunk
+    monkeypatch.setattr(variants, "MATERIALISED_ELEMENTS", 2 * 4 * 96 * 7)  # 7 rows of 96 keys per chunk
     for spec in ("ssmax", "temp(beta=0.5,floor=32)"):
         assert maxdiff(fast(model, spec, ids), reference(model, case, spec, ids)) <= TOL, spec
 

@@ -51,11 +51,11 @@ def _prompts(seed=0, length=110):
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_prefill_after_a_cropped_cache_equals_a_full_forward(case_id, monkeypatch):
-    import harness.attention
+    import harness.attention.variants as variants
 
     calls = []
-    monkeypatch.setattr(harness.attention, "split_attention",
-                        lambda *a, _real=harness.attention.split_attention: calls.append(1) or _real(*a))
+    monkeypatch.setattr(variants, "split_attention",
+                        lambda *a, _real=variants.split_attention: calls.append(1) or _real(*a))
     model = _model(case_id)
     prompts, _, _ = _prompts()
     prefix = PrefixCache()
