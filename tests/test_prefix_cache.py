@@ -51,11 +51,9 @@ def _prompts(seed=0, length=110):
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
 def test_prefill_after_a_cropped_cache_equals_a_full_forward(case_id, monkeypatch):
-    import harness.attention.variants as variants
+    from harness.attention.variants import reset_attention_paths
 
-    calls = []
-    monkeypatch.setattr(variants, "split_attention",
-                        lambda *a, _real=variants.split_attention: calls.append(1) or _real(*a))
+    reset_attention_paths()
     model = _model(case_id)
     prompts, _, _ = _prompts()
     prefix = PrefixCache()
@@ -68,30 +66,12 @@ def test_prefill_after_a_cropped_cache_equals_a_full_forward(case_id, monkeypatc
         assert prefix.last == ({"prefix_cache": "fresh", "prefix_tokens": 0} if k == 0 else
                                {"prefix_cache": "shared", "prefix_tokens": 1 + INSERTS[k]})
         prefix.keep("group", ids, cache)
-    # plain causal layers take the mask-free split path; windowed and softcapped ones their own exact paths
-    assert bool(calls) == case_id.startswith("llama")
-
-
-def test_split_attention_equals_masked_sdpa_and_takes_only_plain_causal_masks():
-    import torch.nn.functional as F
-
-    from harness.attention.split import causal_offset_of, split_attention
-
-    gen = torch.Generator().manual_seed(5)
-    q, k, v = torch.randn(1, 4, 12, 8, generator=gen), torch.randn(1, 2, 40, 8, generator=gen), torch.randn(1, 2, 40, 8, generator=gen)
-    i, j = torch.arange(28, 40).view(-1, 1), torch.arange(40).view(1, -1)
-    mask = (j <= i).view(1, 1, 12, 40)
-    assert causal_offset_of(mask, 12, 40) == 28
-    want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask,
-                                          scale=0.3).transpose(1, 2)
-    torch.testing.assert_close(split_attention(q, k, v, 28, 0.3), want, atol=1e-6, rtol=0)
-    additive = torch.zeros(1, 1, 12, 40).masked_fill(~mask, torch.finfo(torch.float32).min)
-    assert causal_offset_of(additive, 12, 40) == 28
-    padded = mask.clone()
-    padded[..., :3] = False
-    for other, q_len, kv_len in ((mask & (j > i - 16), 12, 40), (padded, 12, 40), (mask[..., 28:], 12, 12),
-                                 (mask[..., -1:, :], 1, 40)):
-        assert causal_offset_of(other, q_len, kv_len) is None
+    # every layer takes a mask-free path: causal after the cache (split by log-sum-exp on CPU), windows by row
+    # blocks, softcap on materialised scores over each chunk's visible keys; never transformers' masked SDPA
+    paths = reset_attention_paths()
+    expected = {"llama-ssmax": "split_lse", "llama-ssmax-bias": "split_lse", "mistral-window": "window_blocks",
+                "gemma2-window-softcap": "materialised_softcap"}[case_id]
+    assert expected in paths and "sdpa_masked" not in paths, paths
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))

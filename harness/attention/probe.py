@@ -25,7 +25,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
+
+from harness.attention.key_pattern import pattern_mask
 
 from harness.attention import attention_modules, attention_weights, lch_attention
 
@@ -181,4 +183,4 @@ def capture(model: nn.Module, rows: Sequence[int], *, spans: Mapping[str, tuple[
 
 
 AttentionInterface.register(PROBE_IMPLEMENTATION, probe_attention)
-AttentionMaskInterface.register(PROBE_IMPLEMENTATION, sdpa_mask)
+AttentionMaskInterface.register(PROBE_IMPLEMENTATION, pattern_mask)

@@ -12,30 +12,10 @@ anything else takes the ordinary SDPA path.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 _OP = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _DTYPES = (torch.float32, torch.bfloat16)
-_memo: dict = {}  # the last mask checked: its weakref, shape and offset (one forward reuses it for every layer)
-
-
-def causal_offset_of(mask: torch.Tensor | None, q_len: int, kv_len: int) -> int | None:
-    """p > 0 if the mask is exactly causal after p cached keys (row i sees keys 0 .. p + i), else None."""
-    p = kv_len - q_len
-    if mask is None or q_len < 2 or p < 1 or mask.dim() != 4 or tuple(mask.shape[-2:]) != (q_len, kv_len):
-        return None
-    ref = _memo.get("mask")
-    stamp = (tuple(mask.shape), p)  # transformers builds a new mask every forward and never changes it in place
-    if ref is not None and ref() is mask and _memo.get("stamp") == stamp:
-        return _memo["offset"]
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    rows = torch.arange(p, kv_len, device=mask.device).view(-1, 1)
-    expected = torch.arange(kv_len, device=mask.device).view(1, -1) <= rows
-    offset = p if bool((allowed == expected).all()) else None
-    _memo.update(mask=weakref.ref(mask), stamp=stamp, offset=offset)
-    return offset
 
 
 def usable(query: torch.Tensor, dropout: float, training: bool) -> bool:
@@ -45,7 +25,7 @@ def usable(query: torch.Tensor, dropout: float, training: bool) -> bool:
 
 def split_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, offset: int,
                     scaling: float | None) -> torch.Tensor:
-    """Attention of q rows after `offset` cached keys: [B, q, H, D], as transformers' SDPA path returns it."""
+    """Attention of q rows after `offset` cached keys: [B, H, q, D] (like SDPA's output)."""
     heads, kv_heads = query.shape[1], key.shape[1]
     if heads != kv_heads:  # grouped-query attention: one copy of the keys per query head (as repeat_kv)
         key = key.repeat_interleave(heads // kv_heads, dim=1)
@@ -54,7 +34,7 @@ def split_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     new, lse_new = _OP(query, key[:, :, offset:], value[:, :, offset:], 0.0, True, scale=scaling)
     lse = torch.logaddexp(lse_old.float(), lse_new.float())
     out = old.float() * torch.exp(lse_old.float() - lse).unsqueeze(-1) + new.float() * torch.exp(lse_new.float() - lse).unsqueeze(-1)
-    return out.to(query.dtype).transpose(1, 2).contiguous()
+    return out.to(query.dtype)
 
 
-__all__ = ["causal_offset_of", "usable", "split_attention"]
+__all__ = ["usable", "split_attention"]

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from harness.attention.spec import AttentionSpec, resolve_spec
 from harness.errors import UserError
-from harness.attention.split import causal_offset_of, split_attention, usable
+from harness.attention.key_pattern import KeyPattern, pattern_attention, pattern_mask
 
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
@@ -87,6 +87,8 @@ def apply_attention(model: nn.Module, spec: str | AttentionSpec, training_length
 
 def visible_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device=None) -> torch.Tensor:
     """Number of keys each query row may see, as fp32 broadcastable to [B, H, q_len, 1]."""
+    if isinstance(attention_mask, KeyPattern):
+        return attention_mask.counts(device)
     if attention_mask is None:
         # Causal without padding: the q_len new rows follow kv_len - q_len cached keys.
         n = torch.arange(kv_len - q_len + 1, kv_len + 1, device=device, dtype=torch.float32)
@@ -126,6 +128,8 @@ def causal_offset(q_len: int, kv_len: int) -> int:
 
 def allowed_keys(attention_mask: torch.Tensor | None, rows: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor:
     """Which keys the given local query rows may see, as bool [B|1, 1|H, len(rows), kv]."""
+    if isinstance(attention_mask, KeyPattern):
+        return attention_mask.allowed(rows, 0, kv_len)
     if attention_mask is None:
         keys = torch.arange(kv_len, device=rows.device)
         return (keys.view(1, -1) <= (rows + causal_offset(q_len, kv_len)).view(-1, 1)).view(1, 1, -1, kv_len)
@@ -144,7 +148,8 @@ def scaled_query(module, query, attention_mask, kv_len) -> torch.Tensor:
         kv_len = causal_offset(q_len, kv_len) + q_len
     n = visible_keys(attention_mask, q_len, kv_len, device=query.device)
     scale = query_scale(module, n)
-    return query if scale is None else query * scale.to(query.dtype)
+    # the scale meets q in fp32 (a bf16 ln(n) factor would round the scale itself)
+    return query if scale is None else (query.float() * scale).to(query.dtype)
 
 
 def _refuse_unsupported(module, kwargs) -> None:
@@ -153,29 +158,45 @@ def _refuse_unsupported(module, kwargs) -> None:
             raise UserError(f"{type(module).__name__} uses {what} ({name}), which lch attention does not support")
 
 
-def lch_attention(module, query, key, value, attention_mask, **kwargs):
-    """The fast path: scale query rows, then transformers' ordinary SDPA attention (materialised with softcap).
+PATHS: dict[str, int] = {}
+"""attention calls per kernel since the last `reset_attention_paths` (per cell telemetry and the manifest)"""
 
-    Rows fed after cached keys under a plain causal mask (a prompt's suffix after a shared prefix) take
-    harness.attention.split on CPU: the same attention without the masked kernel.
-    """
+
+def reset_attention_paths() -> dict[str, int]:
+    """The kernels that ran since the last reset, as {name: calls}; starts counting afresh."""
+    seen = dict(PATHS)
+    PATHS.clear()
+    return seen
+
+
+def _ran(path: str) -> None:
+    PATHS[path] = PATHS.get(path, 0) + 1
+
+
+def lch_attention(module, query, key, value, attention_mask, **kwargs):
+    """The fast path: scale query rows by the variant, then a mask-free kernel for a KeyPattern (harness.attention.
+    key_pattern), SDPA for a real mask (padding), or exact materialised scores for a softcapped family."""
     _refuse_unsupported(module, kwargs)
+    dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
+    if isinstance(attention_mask, KeyPattern) and dropout:
+        attention_mask = attention_mask.dense(query.device)  # training with dropout: the ordinary masked path
     if kwargs.get("softcap") is not None:
         output, _ = materialised_attention(module, query, key, value, attention_mask, **kwargs)
+        _ran("materialised_softcap")
         return output, None
-    q_len, kv_len = query.shape[2], key.shape[2]
-    if usable(query, kwargs.get("dropout", 0.0), module.training):
-        offset = causal_offset_of(attention_mask, q_len, kv_len)
-        if offset is not None:  # row i sees offset + i + 1 keys: the causal count after the cached keys
-            scale = query_scale(module, visible_keys(None, q_len, kv_len, device=query.device))
-            query = query if scale is None else query * scale.to(query.dtype)
-            return split_attention(query, key, value, offset, kwargs.get("scaling")), None
-    query = scaled_query(module, query, attention_mask, kv_len)
+    if isinstance(attention_mask, KeyPattern):
+        query = scaled_query(module, query, attention_mask, key.shape[2])
+        output, path = pattern_attention(query, key, value, attention_mask, kwargs.get("scaling"))
+        _ran(path)
+        return output.transpose(1, 2).contiguous(), None
+    query = scaled_query(module, query, attention_mask, key.shape[2])
+    _ran("sdpa_masked" if attention_mask is not None else "sdpa")
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap=None) -> torch.Tensor:
-    """Weights of the given local query rows over all keys: [B, H, rows, kv] fp32 (masked keys 0).
+def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap=None,
+                      key_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """Weights of the given local query rows over all keys (or keys k0 .. k1 - 1): [B, H, rows, keys] fp32 (masked 0).
 
     query: the call's query [B, H, q, D]; keys_t: its keys as fp32 [B, Hkv, D, kv] (no repeat_kv: the query
     heads sharing a kv head are packed as rows of one group). The score is z = q.k * scaling, softcapped
@@ -183,18 +204,24 @@ def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scalin
     """
     batch, heads, _, head_dim = query.shape
     kv_heads, kv_len = keys_t.shape[1], keys_t.shape[-1]
+    k0, k1 = key_range or (0, kv_len)
     groups, c = heads // kv_heads, len(rows)
     q = query.index_select(2, rows).float()  # (B, H, c, D)
-    scores = torch.matmul(q.reshape(batch, kv_heads, groups * c, head_dim), keys_t)
-    scores = scores.view(batch, heads, c, kv_len) * scaling
+    scores = torch.matmul(q.reshape(batch, kv_heads, groups * c, head_dim), keys_t[..., k0:k1])
+    scores = scores.view(batch, heads, c, k1 - k0).mul_(scaling)
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    allowed = allowed_keys(attention_mask, rows, q_len, kv_len)  # (B|1, 1|H, c, kv)
-    n = allowed.sum(-1, keepdim=True, dtype=torch.float32).clamp_(min=1.0)  # counted on the materialised mask
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
+    if isinstance(attention_mask, KeyPattern):  # n_i from the pattern (the range may hold fewer keys than a row sees)
+        allowed = attention_mask.allowed(rows, k0, k1)
+        n = attention_mask.counts(rows.device)[..., rows, :]
+    else:
+        allowed = allowed_keys(attention_mask, rows, q_len, kv_len)  # (B|1, 1|H, c, kv)
+        n = allowed.sum(-1, keepdim=True, dtype=torch.float32).clamp_(min=1.0)  # counted on the materialised mask
+        allowed = allowed[..., k0:k1]
     scale = query_scale(module, n)
     if scale is not None:
-        scores = scores * scale
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
+        scores = scores.mul_(scale)
+    return torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
 
 
 def materialised_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
@@ -212,13 +239,15 @@ def materialised_attention(module, query, key, value, attention_mask, scaling=No
     chunk_elements = MATERIALISED_ELEMENTS if chunk_elements is None else chunk_elements
     chunk = q_len if return_weights else max(1, chunk_elements // max(1, batch * heads * kv_len))
     outputs, all_weights = [], []
+    pattern = attention_mask if isinstance(attention_mask, KeyPattern) and not return_weights else None
     for start in range(0, q_len, chunk):
         rows = torch.arange(start, min(q_len, start + chunk), device=query.device)
-        weights = attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap)
+        k0, k1 = pattern.key_range(start, start + len(rows)) if pattern is not None else (0, kv_len)
+        weights = attention_weights(module, query, keys_t, attention_mask, rows, q_len, scaling, softcap, (k0, k1))
         if dropout and module.training:
             weights = torch.nn.functional.dropout(weights, p=dropout)
         c = len(rows)
-        out = torch.matmul(weights.reshape(batch, kv_heads, groups * c, kv_len), values)  # (B, Hkv, g*c, D)
+        out = torch.matmul(weights.reshape(batch, kv_heads, groups * c, k1 - k0), values[:, :, k0:k1])  # (B, Hkv, g*c, D)
         outputs.append(out.view(batch, heads, c, -1))
         if return_weights:
             all_weights.append(weights)
@@ -234,6 +263,6 @@ def eager_reference_attention(module, query, key, value, attention_mask, scaling
 
 
 AttentionInterface.register(IMPLEMENTATION, lch_attention)
-AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+AttentionMaskInterface.register(IMPLEMENTATION, pattern_mask)
 AttentionInterface.register(EAGER_IMPLEMENTATION, eager_reference_attention)
 AttentionMaskInterface.register(EAGER_IMPLEMENTATION, eager_mask)
