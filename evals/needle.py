@@ -20,6 +20,8 @@ from harness.errors import UserError
 from harness.data.haystack import CITIES, DEFAULT_DIGITS, check_depth, haystack_source
 from harness.inference.prefix_cache import DepthGrid, PrefixCache
 from harness.data.prompts import TEMPLATES, NeedlePrompt, build_needle_prompt, prompt_frame
+from harness.results.intervals import add_effective_length_intervals, add_intervals, cell_summary
+from harness.results.paired import prompt_fingerprint
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 
@@ -167,6 +169,7 @@ class NeedleTask(DepthGrid, Task):
             "city": p.city, "answer": p.number, **score(p, text), "answer_nll": nll,
             "prompt_tokens": len(p.input_ids), "needle_start": p.needle_span[0], "needle_end": p.needle_span[1],
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
+            "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids),
         }
         out = {"needle": [row], "telemetry": {"tokens": len(p.input_ids), **state.prefix.last}}
         if params.save_prompts:
@@ -174,7 +177,8 @@ class NeedleTask(DepthGrid, Task):
         return out
 
     def summarize(self, tables: dict, params: NeedleParams) -> dict:
-        """needle_summary (accuracy per model, attention, theta and length) and needle_effective_length."""
+        """needle_summary (accuracy per model, attention, theta and length, with intervals), needle_effective_length
+        (with its resampled 90% interval) and needle_cells (accuracy per length and depth, Wilson interval)."""
 
         df = tables.get("needle")
         if df is None or df.empty:
@@ -184,7 +188,10 @@ class NeedleTask(DepthGrid, Task):
                    .agg(accuracy=("correct", "mean"), first_digit_accuracy=("first_digit_correct", "mean"),
                         answer_nll=("answer_nll", "mean"), n=("correct", "size"))
                    .reset_index())
-        return {"needle_summary": summary, "needle_effective_length": effective_lengths(summary, keys, params.threshold)}
+        summary = add_intervals(summary, df, keys + ["context_length"])
+        effective = add_effective_length_intervals(effective_lengths(summary, keys, params.threshold), df, keys,
+                                                   params.threshold)
+        return {"needle_summary": summary, "needle_effective_length": effective, "needle_cells": cell_summary(df)}
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """needle_heatmap.png: one panel per (model, attention, theta)."""

@@ -27,6 +27,8 @@ from harness.data.filler import FillerSource, filler_fingerprint
 from harness.data.haystack import check_depth, haystack_source
 from harness.inference.prefix_cache import DepthGrid, PrefixCache
 from harness.data.prompts import TEMPLATES, prompt_frame
+from harness.results.intervals import add_effective_length_intervals, add_intervals, cell_summary
+from harness.results.paired import prompt_fingerprint
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_ids, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int)
@@ -135,6 +137,7 @@ class RetrievalTask(DepthGrid, Task):
             "answer": ", ".join(p.asked_values), **score(p, generated, text), "answer_nll": nll,
             "prompt_tokens": len(p.input_ids), "keys": ", ".join(p.asked_keys), "needles": len(p.value_spans),
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
+            "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids),
         }
         prefix = state.prefix.last if state.prefix is not None else {}
         out = {"retrieval": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **prefix}}
@@ -154,7 +157,11 @@ class RetrievalTask(DepthGrid, Task):
                         first_token_accuracy=("first_token_correct", "mean"), answer_nll=("answer_nll", "mean"),
                         n=("correct", "size"))
                    .reset_index())
-        return {"retrieval_summary": summary, "retrieval_effective_length": effective_lengths(summary, keys, params.threshold)}
+        summary = add_intervals(summary, df, keys + ["context_length"])
+        effective = add_effective_length_intervals(effective_lengths(summary, keys, params.threshold), df, keys,
+                                                   params.threshold)
+        return {"retrieval_summary": summary, "retrieval_effective_length": effective,
+                "retrieval_cells": cell_summary(df, ["task"])}
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
         """retrieval_heatmap_<task>.png per preset: accuracy over length x depth, one panel per model."""

@@ -1,4 +1,4 @@
-"""Intervals on the result tables (pandas + harness.stats; no torch): accuracy and answer NLL per length and per
+"""Intervals on the result tables (pandas + harness.results.stats; no torch): accuracy and answer NLL per length and per
 (length, depth) cell, effective length resampled over trials, the retrieval average, trials needed.
 
 Column names: `acc_low`/`acc_high` (95% interval of `accuracy`), `n` (prompts), `n_eff` (prompts after the
@@ -13,8 +13,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness import stats
-from harness.tables import model_columns, retrieval_average
+from harness.results import stats
+from harness.results.headline import THRESHOLD, by_variant, length_column, multiple
+from harness.results.tables import model_columns, retrieval_average
 
 CLUSTER = "trial"
 """The column whose rows share a haystack (a needle trial): the unit of resampling."""
@@ -102,23 +103,24 @@ def _keyed(values: tuple) -> tuple:
     return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
 
 
-def trials_needed_line(task: str, df: pd.DataFrame, half_width: float = 0.1) -> str | None:
-    """'needle: 13 trials (now 4) give ±0.1 at every length (hardest: acc 0.50 at 512, reference/ssmax)'."""
+def trials_needed(task: str, df: pd.DataFrame, half_width: float = 0.1) -> dict | None:
+    """{task, trials now, trials for ±0.1, hardest cell}: trials that give a ±half_width interval at every length
+    of every variant, at the observed accuracy and design effect (the hardest length decides)."""
     if df is None or df.empty or "correct" not in df.columns:
         return None
     worst = None
     for keys, part in df.groupby(model_columns(df) + ["context_length"], dropna=False, sort=True):
         trials = part[CLUSTER].nunique() if CLUSTER in part.columns else 1
-        per_trial = len(part) / max(trials, 1)
+        per_trial = max(1, int(round(len(part) / max(trials, 1))))
         deff = stats.design_effect(part["correct"].astype(float).to_numpy(), _clusters(part))
         acc = float(part["correct"].astype(float).mean())
-        need = stats.trials_needed(acc, max(1, int(round(per_trial))), deff, half_width)
+        need = stats.trials_needed(acc, per_trial, deff, half_width)
         if worst is None or need > worst[0]:
             worst = (need, trials, acc, keys)
     need, trials, acc, keys = worst
-    return (f"{task}: {need} trials (now {trials}) would give a ±{half_width:g} interval at every length "
-            f"(hardest: accuracy {acc:.2f} at {int(keys[-1])} tokens, {keys[0]} {keys[1] if len(keys) > 2 else ''})".rstrip()
-            .replace(" )", ")"))
+    return {"task": task, "trials now": trials, f"trials for ±{half_width:g}": need,
+            "hardest": f"accuracy {acc:.2f} at {int(keys[-1])} tokens ({keys[0]}, {keys[1] if len(keys) > 2 else ''})"
+            .replace(", )", ")")}
 
 
 def interval_text(value, low, high, digits: int = 2) -> str:
@@ -133,8 +135,6 @@ def interval_text(value, low, high, digits: int = 2) -> str:
 def headline_with_intervals(headline: pd.DataFrame, tables: dict, train_lengths: dict) -> pd.DataFrame:
     """The headline table for reading: accuracy cells as '0.50 [0.08-0.92]' (95%, trials as clusters; retrieval:
     resampled within presets) and effective lengths as '1024 (4×), 90%: 512-2048'."""
-    from harness.headline import by_variant, length_column, multiple
-
     out = headline.copy().astype(object)
     index = {(r["model"], r["attention"], None if pd.isna(r["rope_theta"]) else float(r["rope_theta"])): i
              for i, r in out.iterrows()}
@@ -159,15 +159,9 @@ def headline_with_intervals(headline: pd.DataFrame, tables: dict, train_lengths:
                     out.at[i, column] = interval_text(acc, low, high)
             column = f"{prefix} effective length"
             if column in out.columns and not pd.isna(out.at[i, column]):
-                eff = effective_length_uncertainty(part, headline_threshold(), by="task" if name == "retrieval" else None)
+                eff = effective_length_uncertainty(part, THRESHOLD, by="task" if name == "retrieval" else None)
                 value = int(out.at[i, column])
                 times = f" ({multiple(value, train)})" if train and value else ""
                 out.at[i, column] = f"{value}{times}, 90%: {eff['low']}-{eff['high']}"
     return out
 
-
-def headline_threshold() -> float:
-    """The headline's effective-length threshold."""
-    from harness.headline import THRESHOLD
-
-    return THRESHOLD

@@ -1,6 +1,6 @@
 """Paired comparison of model variants on the same prompts (`lch compare --baseline`): per length, the accuracy
 difference with an Agresti-Min interval (trials as clusters) and an exact McNemar p, Holm-corrected across
-lengths, and the answer-NLL difference with a t interval over trials. Pandas + harness.stats; no torch.
+lengths, and the answer-NLL difference with a t interval over trials. Pandas + harness.results.stats; no torch.
 
 Prompts pair by their coordinates (task, context_length, depth, trial) and must be the same tokens: rows carry a
 `prompt_fingerprint` (hash of the prompt and answer token ids); rows of older runs without it pair by
@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness.results import stats
 from harness.errors import UserError
-from harness.tables import MODEL_COLUMNS, variant_keys
+from harness.results.tables import MODEL_COLUMNS, variant_keys
 
 PAIR_KEYS = ("task", "context_length", "depth", "trial")
 """Coordinates that name one prompt of a run (those present in the table)."""
