@@ -36,7 +36,7 @@ def test_holm_matches_hand_worked_steps():
 
 def test_wilson_coverage_is_near_95_percent():
     rng = np.random.default_rng(28)
-    p, n, draws = 0.3, 40, 2000
+    p, n, draws = 0.3, 40, 4000
     hits = sum(lo <= p <= hi for lo, hi in (stats.wilson(int(k), n) for k in rng.binomial(n, p, size=draws)))
     assert 0.93 <= hits / draws <= 0.97
 
@@ -44,7 +44,7 @@ def test_wilson_coverage_is_near_95_percent():
 def test_clustered_interval_coverage_is_near_95_percent_and_plain_wilson_is_not():
     """Trials share a haystack: each trial has its own success rate (Beta(2, 3), mean 0.4)."""
     rng = np.random.default_rng(7)
-    trials, depths, draws, hits, naive = 20, 5, 1500, 0, 0
+    trials, depths, draws, hits, naive = 30, 5, 3000, 0, 0
     clusters = np.repeat(np.arange(trials), depths)
     for _ in range(draws):
         rate = rng.beta(2, 3, size=trials)

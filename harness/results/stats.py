@@ -7,6 +7,7 @@ trials, never over prompts.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -18,14 +19,20 @@ CONFIDENCE = 0.95
 
 def wilson(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval of a proportion (scipy.stats.binomtest); (nan, nan) for n = 0."""
+    return _wilson(int(successes), int(n), float(confidence))
+
+
+@functools.lru_cache(maxsize=65536)
+def _wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     if n <= 0:
         return math.nan, math.nan
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
-def design_effect(values, clusters) -> float:
-    """Variance of the mean of `values` over clusters (cluster-robust) / its variance for independent values, >= 1.
+def design_effect(values, clusters, confidence: float = CONFIDENCE) -> float:
+    """Variance of the mean of `values` over clusters (cluster-robust, CR1) / its variance for independent values,
+    times (t_{k-1} / z)^2 for k clusters (the small-sample reference of a clustered variance), at least 1.
 
     1 when there are fewer than two clusters or no spread (nothing to estimate it from).
     """
@@ -41,7 +48,8 @@ def design_effect(values, clusters) -> float:
         return 1.0
     per_cluster = np.bincount(index, weights=resid, minlength=k)
     clustered = k / (k - 1) * float(np.sum(per_cluster ** 2)) / n ** 2
-    return max(1.0, clustered / iid)
+    small = (stats.t.ppf(0.5 + confidence / 2, k - 1) / stats.norm.ppf(0.5 + confidence / 2)) ** 2
+    return max(1.0, clustered / iid * small)
 
 
 def proportion_interval(correct, clusters=None, confidence: float = CONFIDENCE) -> dict:
@@ -54,7 +62,7 @@ def proportion_interval(correct, clusters=None, confidence: float = CONFIDENCE) 
     if n == 0:
         return {"accuracy": math.nan, "acc_low": math.nan, "acc_high": math.nan, "n": 0, "n_eff": 0.0}
     p = float(correct.mean())
-    deff = 1.0 if clusters is None else design_effect(correct, clusters)
+    deff = 1.0 if clusters is None else design_effect(correct, clusters, confidence)
     n_eff = max(1, int(math.floor(n / deff)))
     low, high = wilson(int(round(p * n_eff)), n_eff, confidence)
     low, high = min(low, p), max(high, p)  # rounding k must not move the interval off the estimate
@@ -104,7 +112,7 @@ def paired_difference(a, b, clusters=None, confidence: float = CONFIDENCE) -> di
     centre = (bb - ba) / n2
     var = ((ba + bb) - (bb - ba) ** 2 / n2) / n2 ** 2
     d = b.astype(float) - a.astype(float)
-    var *= 1.0 if clusters is None else design_effect(d, clusters)
+    var *= 1.0 if clusters is None else design_effect(d, clusters, confidence)
     z = stats.norm.ppf(0.5 + confidence / 2)
     half = z * math.sqrt(max(var, 0.0))
     out.update(diff=float(d.mean()), diff_low=max(-1.0, centre - half), diff_high=min(1.0, centre + half))
