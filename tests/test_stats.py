@@ -185,3 +185,12 @@ def test_old_run_without_new_columns_loads_compares_and_draws(tmp_path):
     assert (tmp_path / "cmp" / "figures" / "needle_heatmap.png").is_file()
     with pytest.raises(UserError, match="--baseline"):
         compare_runs([run], tmp_path / "cmp2", baseline="nobody")
+
+
+def test_position_loss_bands_get_an_interval_over_documents():
+    from harness.task import get_task
+
+    rows = [{"model": "m", "attention": "softmax", "rope_theta": None, "doc": d, "doc_id": d, "position": p,
+             "nll": 2.0 + 0.1 * d + 0.01 * p} for d in range(4) for p in range(1, 65)]
+    buckets = get_task("position_loss").summarize({"position_nll": pd.DataFrame(rows)}, None)["position_loss_buckets"]
+    assert ((buckets["nll_low"] < buckets["mean_nll"]) & (buckets["mean_nll"] < buckets["nll_high"])).all()

@@ -165,3 +165,13 @@ def headline_with_intervals(headline: pd.DataFrame, tables: dict, train_lengths:
                 out.at[i, column] = f"{value}{times}, 90%: {eff['low']}-{eff['high']}"
     return out
 
+
+def add_band_intervals(buckets: pd.DataFrame, per_doc: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per-position NLL bands (one row per groupby(keys, dropna=False), sorted, with mean_nll) with nll_low/nll_high:
+    a t interval over the documents' means in the band (documents are the independent unit), centred on mean_nll."""
+    lows, highs = [], []
+    for (_, part), centre in zip(per_doc.groupby(keys, dropna=False, sort=True), buckets["mean_nll"]):
+        mean, low, high = stats.mean_interval(part["doc_mean"].to_numpy(float))
+        lows.append(low + centre - mean)
+        highs.append(high + centre - mean)
+    return buckets.assign(nll_low=lows, nll_high=highs)
