@@ -194,3 +194,8 @@ def test_position_loss_bands_get_an_interval_over_documents():
              "nll": 2.0 + 0.1 * d + 0.01 * p} for d in range(4) for p in range(1, 65)]
     buckets = get_task("position_loss").summarize({"position_nll": pd.DataFrame(rows)}, None)["position_loss_buckets"]
     assert ((buckets["nll_low"] < buckets["mean_nll"]) & (buckets["mean_nll"] < buckets["nll_high"])).all()
+
+
+def test_wilson_on_an_effective_n_equals_scipy_at_integer_n():
+    for k, n in [(81, 263), (0, 20), (7, 9)]:
+        assert stats.wilson_effective(k / n, n) == pytest.approx(stats.wilson(k, n), abs=1e-9)

@@ -30,6 +30,15 @@ def _wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def wilson_effective(p: float, n_eff: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval at proportion p on a real-valued effective sample size (Kish); equals `wilson` at
+    integer n (scipy's binomtest takes integer counts only)."""
+    z2 = stats.norm.ppf(0.5 + confidence / 2) ** 2
+    centre = (p + z2 / (2 * n_eff)) / (1 + z2 / n_eff)
+    half = math.sqrt(z2) / (1 + z2 / n_eff) * math.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff ** 2))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def design_effect(values, clusters, confidence: float = CONFIDENCE) -> float:
     """Variance of the mean of `values` over clusters (cluster-robust, CR1) / its variance for independent values,
     times (t_{k-1} / z)^2 for k clusters (the small-sample reference of a clustered variance), at least 1.
@@ -55,7 +64,7 @@ def design_effect(values, clusters, confidence: float = CONFIDENCE) -> float:
 def proportion_interval(correct, clusters=None, confidence: float = CONFIDENCE) -> dict:
     """Share of true values with a Wilson interval on the effective n (n / design effect over `clusters`).
 
-    Returns {accuracy, acc_low, acc_high, n, n_eff}; n_eff is rounded down (a slightly wider interval).
+    Returns {accuracy, acc_low, acc_high, n, n_eff}.
     """
     correct = np.asarray(correct, float)
     n = len(correct)
@@ -63,9 +72,7 @@ def proportion_interval(correct, clusters=None, confidence: float = CONFIDENCE) 
         return {"accuracy": math.nan, "acc_low": math.nan, "acc_high": math.nan, "n": 0, "n_eff": 0.0}
     p = float(correct.mean())
     deff = 1.0 if clusters is None else design_effect(correct, clusters, confidence)
-    n_eff = max(1, int(math.floor(n / deff)))
-    low, high = wilson(int(round(p * n_eff)), n_eff, confidence)
-    low, high = min(low, p), max(high, p)  # rounding k must not move the interval off the estimate
+    low, high = wilson(int(correct.sum()), n, confidence) if deff == 1.0 else wilson_effective(p, n / deff, confidence)
     return {"accuracy": p, "acc_low": low, "acc_high": high, "n": n, "n_eff": n / deff}
 
 
