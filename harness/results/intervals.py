@@ -112,7 +112,7 @@ def trials_needed(task: str, df: pd.DataFrame, half_width: float = 0.1) -> dict 
     for keys, part in df.groupby(model_columns(df) + ["context_length"], dropna=False, sort=True):
         trials = part[CLUSTER].nunique() if CLUSTER in part.columns else 1
         per_trial = max(1, int(round(len(part) / max(trials, 1))))
-        deff = stats.design_effect(part["correct"].astype(float).to_numpy(), _clusters(part))
+        deff = stats.design_effect(part["correct"].astype(float).to_numpy(), _clusters(part), small_sample=False)
         acc = float(part["correct"].astype(float).mean())
         need = stats.trials_needed(acc, per_trial, deff, half_width)
         if worst is None or need > worst[0]:

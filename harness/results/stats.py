@@ -39,9 +39,10 @@ def wilson_effective(p: float, n_eff: float, confidence: float = CONFIDENCE) -> 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def design_effect(values, clusters, confidence: float = CONFIDENCE) -> float:
+def design_effect(values, clusters, confidence: float = CONFIDENCE, small_sample: bool = True) -> float:
     """Variance of the mean of `values` over clusters (cluster-robust, CR1) / its variance for independent values,
-    times (t_{k-1} / z)^2 for k clusters (the small-sample reference of a clustered variance), at least 1.
+    times (t_{k-1} / z)^2 for k clusters with small_sample (the reference of a variance estimated from k clusters;
+    off when projecting to many trials), at least 1.
 
     1 when there are fewer than two clusters or no spread (nothing to estimate it from).
     """
@@ -57,7 +58,7 @@ def design_effect(values, clusters, confidence: float = CONFIDENCE) -> float:
         return 1.0
     per_cluster = np.bincount(index, weights=resid, minlength=k)
     clustered = k / (k - 1) * float(np.sum(per_cluster ** 2)) / n ** 2
-    small = (stats.t.ppf(0.5 + confidence / 2, k - 1) / stats.norm.ppf(0.5 + confidence / 2)) ** 2
+    small = (stats.t.ppf(0.5 + confidence / 2, k - 1) / stats.norm.ppf(0.5 + confidence / 2)) ** 2 if small_sample else 1.0
     return max(1.0, clustered / iid * small)
 
 
