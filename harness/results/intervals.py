@@ -30,7 +30,8 @@ def group_intervals(part) -> dict:
     acc = stats.proportion_interval(part["correct"].astype(float).to_numpy(), _clusters(part))
     out = {"acc_low": acc["acc_low"], "acc_high": acc["acc_high"], "n_eff": round(acc["n_eff"], 2)}
     if "answer_nll" in part.columns:
-        _, out["nll_low"], out["nll_high"] = stats.mean_interval(part["answer_nll"].to_numpy(float), _clusters(part))
+        _, low, out["nll_high"] = stats.mean_interval(part["answer_nll"].to_numpy(float), _clusters(part))
+        out["nll_low"] = max(0.0, low) if low == low else low  # an NLL is >= 0; a t interval on few trials can cross it
     return out
 
 
