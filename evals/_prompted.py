@@ -23,6 +23,8 @@ from harness.data.prompts import TEMPLATES, prompt_frame
 from harness.errors import UserError
 from harness.inference.decode import score_prompt
 from harness.inference.prefix_cache import PrefixCache
+from harness.results.intervals import add_effective_length_intervals, add_intervals, cell_summary
+from harness.results.paired import prompt_fingerprint
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task
 from harness.task.grid import DepthGrid
@@ -127,14 +129,16 @@ class PromptedTask(DepthGrid, Task):
         text = tok.decode(generated)
         row = {CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]),
                **self.score_row(params, p, generated, text), ANSWER_NLL: nll, "prompt_tokens": len(p.input_ids),
-               "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0}
+               "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
+               "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids)}
         out = {self.table: [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **state.prefix.last}}
         if params.save_prompts:
             out["prompts"] = [self.prompt_record(p, int(cell[TRIAL]))]
         return out
 
     def summarize(self, tables: dict, params) -> dict:
-        """<table>_summary (accuracy, answer NLL and the extra means per model and length) and <table>_effective_length."""
+        """<table>_summary (accuracy with its interval, answer NLL and the extra means per model and length),
+        <table>_effective_length (with its resampled 90% interval) and <table>_cells (accuracy per length and depth)."""
         df = tables.get(self.table)
         if df is None or df.empty:
             return {}
@@ -142,8 +146,12 @@ class PromptedTask(DepthGrid, Task):
         means = {"accuracy": (CORRECT, "mean"), **{out: (col, "mean") for out, col in self.summary_columns.items()},
                  "answer_nll": (ANSWER_NLL, "mean"), "n": (CORRECT, "size")}
         summary = df.groupby(keys + [CONTEXT_LENGTH], dropna=False).agg(**means).reset_index()
-        return {f"{self.table}_summary": summary,
-                f"{self.table}_effective_length": effective_lengths(summary, keys, params.threshold)}
+        summary = add_intervals(summary, df, keys + [CONTEXT_LENGTH])
+        effective = add_effective_length_intervals(effective_lengths(summary, keys, params.threshold), df, keys,
+                                                   params.threshold)
+        extra = [k for k in self.summary_keys if k in df.columns]
+        return {f"{self.table}_summary": summary, f"{self.table}_effective_length": effective,
+                f"{self.table}_cells": cell_summary(df, extra)}
 
     def finalize(self, run_dir: Path, tables: dict, params) -> None:
         """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt (contract fields first)."""

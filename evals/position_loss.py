@@ -136,6 +136,7 @@ class PositionLossTask(Task):
         """`position_loss` (mean over documents per position) and `position_loss_buckets` (log-spaced)."""
         import numpy as np
 
+        from harness.results.intervals import add_band_intervals
         from harness.results.tables import log_bucket_edges
 
         raw = tables.get("position_nll")
@@ -158,6 +159,7 @@ class PositionLossTask(Task):
                    .reset_index())
         buckets.insert(len(bucket), "mean_nll", buckets.pop("total") / buckets["n"])
         buckets["stderr"] = buckets.pop("std") / buckets["n_docs"].pow(0.5)
+        buckets = add_band_intervals(buckets, per_doc, bucket)
         return {"position_loss": per_pos, "position_loss_buckets": buckets}
 
     def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:

@@ -275,12 +275,14 @@ def heatmap(
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories (or folders of runs)")],
     out: Annotated[Path, typer.Option(help="folder for figures, headline.csv and report.html")] = Path("results/compare"),
+    baseline: Annotated[Optional[str], typer.Option(
+        help="variant the others are compared with on the same prompts: 'MODEL|ATTENTION|THETA' (default: the first)")] = None,
 ):
-    """Compare runs side by side: headline table, every task's figures, difference maps, report.html."""
+    """Compare runs side by side: headline table with intervals, paired tests against a baseline, figures, report.html."""
     from harness.report import compare_runs
     from harness.results import require_tables
     require_tables(*run_dirs)
-    typer.echo(str(compare_runs(run_dirs, out)))
+    typer.echo(str(compare_runs(run_dirs, out, baseline=baseline)))
 
 
 @app.command()

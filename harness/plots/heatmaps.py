@@ -93,9 +93,17 @@ def needle_heatmap(ax, df, *, train_length=None, title=None, annotate=True, colo
     """Accuracy heatmap of one model's needle rows: x = context length, y = depth, colour fixed on 0..1."""
     grid_heatmap(ax, value_grid(df, CORRECT), cmap=NIAH_CMAP, vmin=0.0, vmax=1.0, fmt=lambda v: f"{v:.2f}",
                  train_length=train_length, title=_default_title(df) if title is None else title, annotate=annotate)
+    ax.set_xlabel(f"context length (tokens); {prompts_per_cell(df)} per cell", fontsize=9)
     if colorbar:
         ax.figure.colorbar(ax.images[0], ax=ax, label=ACCURACY)
     return ax
+
+
+def prompts_per_cell(df) -> str:
+    """'n = 4' prompts in every (depth, length) cell, or 'n = 2-4' when cells differ."""
+    counts = df.groupby(["depth", "context_length"]).size()
+    low, high = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+    return f"n = {low}" if low == high else f"n = {low}-{high}"
 
 
 def nll_heatmap(ax, df, *, vmax=None, train_length=None, title=None, annotate=True):

@@ -16,6 +16,8 @@ from harness.atomic import write_text
 from harness.results.headline import headline_table, retrieval_preset_table  # noqa: F401 (headline_table: public here too)
 from harness.plots import difference_figure, panel_title, retrieval_average_figure, save, training_lengths
 from harness.report.html import render_html
+from harness.report.versus import statistics_section
+from harness.results.intervals import headline_with_intervals, retrieval_average_intervals
 from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, retrieval_average, variant_keys
 
 
@@ -171,10 +173,12 @@ def model_rows(manifest: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates(subset=list(PANEL_KEYS)) if rows else pd.DataFrame()
 
 
-def compare_runs(run_dirs, out_dir) -> Path:
+def compare_runs(run_dirs, out_dir, baseline: str | None = None) -> Path:
     """Draw the comparison of `run_dirs` into `out_dir` and write `out_dir/report.html`; returns its path.
 
-    Also writes headline.csv, and retrieval_presets.csv / retrieval_average.csv when retrieval runs are present.
+    Also writes headline.csv (headline_intervals.csv: the cells with their intervals), versus_baseline.csv (each
+    variant against `baseline`, 'MODEL|ATTENTION|THETA', default the first), and retrieval_presets.csv /
+    retrieval_average.csv when retrieval runs are present.
     """
     out_dir = Path(out_dir)
     runs = results.expand_runs(run_dirs)
@@ -185,11 +189,14 @@ def compare_runs(run_dirs, out_dir) -> Path:
     figures = task_figures(runs, tables, manifest, figures_dir) + comparison_figures(tables, train, figures_dir)
     headline = headline_table(tables, train)
     write_text(out_dir / "headline.csv", headline.to_csv(index=False))
+    shown = headline_with_intervals(headline, tables, train)
+    write_text(out_dir / "headline_intervals.csv", shown.to_csv(index=False))
+    statistics, _ = statistics_section(Section, tables, baseline, runs, out_dir)
     retrieval = tables.get("retrieval")
     if retrieval is not None and not retrieval.empty:
         write_text(out_dir / "retrieval_presets.csv", retrieval_preset_table(retrieval, train).to_csv(index=False))
-        write_text(out_dir / "retrieval_average.csv", retrieval_average(retrieval).to_csv(index=False))
+        write_text(out_dir / "retrieval_average.csv", retrieval_average_intervals(retrieval).to_csv(index=False))
     report = out_dir / "report.html"
-    write_text(report, render_html(headline, build_sections(tables, train, figures), run_rows(runs),
-                                   model_rows(manifest)))
+    sections = ([statistics] if statistics else []) + build_sections(tables, train, figures)
+    write_text(report, render_html(shown, sections, run_rows(runs), model_rows(manifest)))
     return report

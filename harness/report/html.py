@@ -31,7 +31,9 @@ HEADLINE_NOTE = (
     "One row per model variant. L: the training length, from each run's manifest (see Models). “acc @k×”: accuracy at "
     "k times L (at the length in tokens when L is unknown); needle: every digit right, retrieval: the mean over the "
     "presets that ran of every-asked-value-exact accuracy (RULER-style). Effective length: the longest length at which "
-    "accuracy, and that at every shorter length, is ≥ 0.8 (0: none). Answer NLL beyond L: mean teacher-forced NLL of "
+    "accuracy, and that at every shorter length, is ≥ 0.8 (0: none), with its 90% interval over resampled trials. "
+    "Accuracy cells: estimate [95% interval] (Wilson, prompts of one trial sharing a haystack counted as one "
+    "cluster; retrieval: trials resampled within each preset). Answer NLL beyond L: mean teacher-forced NLL of "
     "the answer (nats/token) over prompts longer than L. NLL inside / beyond L: mean per-position test loss "
     "(nats/token) of the position_loss run.")
 
@@ -49,17 +51,30 @@ def _is_accuracy(column: str) -> bool:
     return column.startswith("acc @") or " acc @" in column
 
 
+def _leading_number(text: str) -> float | None:
+    try:
+        return float(text.split(" ", 1)[0])
+    except ValueError:
+        return None
+
+
+def _shade(value: float) -> str:
+    r, g, b, _ = NIAH_CMAP(value)
+    return f" style='background:rgba({r * 255:.0f},{g * 255:.0f},{b * 255:.0f},0.35)'"
+
+
 def _cell(column: str, value, row) -> tuple[str, str]:
     """(text, extra td attributes) of one table cell: accuracy shaded on the heatmaps' palette."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ("checkpoint" if column == ROPE_THETA else "–"), ""
     if column == ROPE_THETA:
         return theta_label(value)[2:], ""
+    if isinstance(value, str) and _is_accuracy(column) and (number := _leading_number(value)) is not None:
+        return value, _shade(number)  # '0.50 [0.08-0.92]': shaded on its estimate
     if isinstance(value, str):
         return value, " class='text'"
     if _is_accuracy(column):
-        r, g, b, _ = NIAH_CMAP(float(value))
-        return f"{float(value):.2f}", f" style='background:rgba({r * 255:.0f},{g * 255:.0f},{b * 255:.0f},0.35)'"
+        return f"{float(value):.2f}", _shade(float(value))
     train = row.get("training length")
     if column.endswith("effective length") and train is not None and not pd.isna(train):
         return f"{int(value)} ({multiple(value, train)})", ""

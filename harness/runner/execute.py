@@ -150,10 +150,14 @@ def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
         import torch
 
         torch.cuda.reset_peak_memory_stats(loaded.info.device)
+    from harness.attention.variants import reset_attention_paths
+
+    reset_attention_paths()
     start = time.perf_counter()
     out = dict(task.run_cell(params, loaded, cell.coords, state, seed))
     seconds = time.perf_counter() - start
     telemetry = dict(out.pop("telemetry", None) or {})
+    telemetry["attention_paths"] = format_paths(reset_attention_paths())
     unknown = set(out) - set(task.tables)
     if unknown:
         raise RuntimeError(f"task {task.name!r} returned rows for undeclared tables {sorted(unknown)}")
@@ -167,6 +171,11 @@ def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
     telemetry.update(seconds=seconds, tokens=tokens, tokens_per_s=(tokens / seconds if tokens and seconds else None),
                      peak_memory_mb=peak / 2**20, memory_kind=how, seed=seed, finished_at=rundir.now())
     return {"key": cell.key, "cell": cell.coords, "tables": out, "telemetry": telemetry}
+
+
+def format_paths(paths: dict[str, int]) -> str:
+    """Attention kernels and their calls as one cell of the `cells` table: "split_lse:8,sdpa_decode:40"."""
+    return ",".join(f"{name}:{calls}" for name, calls in sorted(paths.items()))
 
 
 @contextmanager

@@ -132,6 +132,7 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
     labels = model_labels(infos)
     telemetry = []
     prefix: dict[int, list[dict]] = {}
+    paths: dict[int, dict[str, int]] = {}
     done = 0
     for cell in plan.cells:  # grid order, so tables never depend on the order cells ran in
         saved = load_cell(plan.cell_path(cell), cell.key)
@@ -146,6 +147,9 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
                           "cost": cell.cost, **saved.get("telemetry", {})})
         if "prefix_cache" in saved.get("telemetry", {}):
             prefix.setdefault(cell.model_index, []).append(saved["telemetry"])
+        for name, calls in parse_paths(saved.get("telemetry", {}).get("attention_paths")).items():
+            paths.setdefault(cell.model_index, {}).setdefault(name, 0)
+            paths[cell.model_index][name] += calls
         done += 1
     tables = {t: pd.DataFrame(r) if r else pd.DataFrame(columns=list(MODEL_COLUMNS)) for t, r in rows.items()}
     if done:
@@ -161,6 +165,8 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
     manifest.update(cells_done=done, finished_at=now(), status=status, tables=sorted(tables))
     for m, cells_telemetry in prefix.items():
         manifest["models"][m]["prefix_cache"] = prefix_cache_summary(cells_telemetry)
+    for m, calls in paths.items():
+        manifest["models"][m]["attention_paths"] = dict(sorted(calls.items()))
     if draw and done:
         figures_dir = run_dir / "figures"
         drawn = writing(figures_dir, lambda: _draw(task, tables, manifest, figures_dir))
@@ -169,6 +175,13 @@ def assemble(plan, manifest: dict, status: str, *, draw: bool) -> int:
         writing(run_dir, lambda: task.finalize(run_dir, tables, params))
     write_json(run_dir / "manifest.json", manifest)
     return done
+
+
+def parse_paths(text: str | None) -> dict[str, int]:
+    """The `attention_paths` telemetry ("split_lse:8,sdpa_decode:40") as {kernel: calls}; {} for old cells."""
+    if not text or not isinstance(text, str):
+        return {}
+    return {name: int(calls) for name, _, calls in (item.rpartition(":") for item in text.split(","))}
 
 
 def prefix_cache_summary(telemetry: list[dict]) -> dict:
