@@ -23,15 +23,21 @@ from pathlib import Path
 
 from harness.inference.decode import score_prompt
 from harness.errors import UserError
-from harness.data.filler import FillerSource, filler_fingerprint
+from harness.data.filler import FILLER_TEXT, FillerSource, filler_fingerprint
 from harness.data.haystack import check_depth, haystack_source
 from harness.inference.prefix_cache import DepthGrid, PrefixCache
 from harness.data.prompts import TEMPLATES, prompt_frame
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
-from evals._retrieval_prompts import (RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_ids, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int)
+from evals._ruler_text import NOISE
+from evals._retrieval_prompts import (WORDINGS, RetrievalParams, KINDS, HAYSTACKS, STYLES, MIN_NEEDLE_TOKENS, RetrievalPrompt, answer_ids, answer_settled, score, RetrievalState, build_retrieval_prompt, _positive_int, prompt_record)
 
-# ------------------------------------------------------------------------------------ keys and values
+
+
+def filler_text(params: RetrievalParams) -> str:
+    """The filler haystack's text: this project's paragraph, or RULER's noise one per line (wording=ruler)."""
+    return NOISE + "\n" if params.wording == "ruler" else FILLER_TEXT
+
 
 
 @register_task("retrieval")
@@ -42,7 +48,7 @@ class RetrievalTask(DepthGrid, Task):
     tables = ("retrieval", "prompts")
     grid_params = ("lengths", "depths", "trials", "threshold")
     execution_params = ("prefix_cache",)
-    added_params = {"save_prompts": False}
+    added_params = {"save_prompts": False, "wording": "lch"}
 
     def validate(self, params: RetrievalParams) -> None:
         """One clear line per bad parameter (the exact token budget is checked in `prepare`)."""
@@ -73,6 +79,8 @@ class RetrievalTask(DepthGrid, Task):
             raise UserError("style=passkey needs haystack=filler or haystack=corpus (a needles haystack holds other keys)")
         if params.template not in TEMPLATES:
             raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
+        if params.wording not in WORDINGS:
+            raise UserError(f"wording={params.wording!r} is not allowed; use one of {', '.join(WORDINGS)}")
         if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
             raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
         if not 0.0 <= params.threshold <= 1.0:
@@ -94,7 +102,7 @@ class RetrievalTask(DepthGrid, Task):
     def data_fingerprint(self, params: RetrievalParams) -> str:
         """The corpus's fingerprint for haystack=corpus; a fixed string naming the filler text otherwise."""
         if params.haystack != "corpus":
-            return filler_fingerprint()
+            return filler_fingerprint(filler_text(params))
         from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
@@ -107,7 +115,7 @@ class RetrievalTask(DepthGrid, Task):
 
             source = haystack_source(tok, load_corpus(params.corpus, split="heldout"))
         else:
-            source = FillerSource(tok)
+            source = FillerSource(tok, filler_text(params))
         state = RetrievalState(source, prompt_frame(tok, params.template), PrefixCache(params.prefix_cache))
         for trial in range(params.trials):
             for length in (min(params.lengths), max(params.lengths)):
@@ -128,11 +136,13 @@ class RetrievalTask(DepthGrid, Task):
         p = self.prompt(params, tok, state, cell["context_length"], cell["depth"], cell["trial"])
         n_new = len(p.answer_ids) + params.max_new_tokens
         generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
-                                      stop=answer_settled(tok), prefix=state.prefix, group=self.group(params, cell))
+                                      stop=answer_settled(tok, params.wording), prefix=state.prefix,
+                                      group=self.group(params, cell))
         text = tok.decode(generated)
         row = {
             "context_length": p.context_length, "depth": p.depth, "trial": int(cell["trial"]), "task": self.name,
-            "answer": ", ".join(p.asked_values), **score(p, generated, text), "answer_nll": nll,
+            "answer": ", ".join(p.asked_values), **score(p, generated, tok.decode(generated, skip_special_tokens=True)),
+            "answer_nll": nll,
             "prompt_tokens": len(p.input_ids), "keys": ", ".join(p.asked_keys), "needles": len(p.value_spans),
             "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
         }
