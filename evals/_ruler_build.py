@@ -147,7 +147,8 @@ def vt_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int, 
 
 def word_pool() -> list[str]:
     """The cwe word list (evals/data/ruler_words.txt), in file order."""
-    return [w for w in WORDS_FILE.read_text().split() if w and not w.startswith("#") and w.isalpha()]
+    lines = (line.strip() for line in WORDS_FILE.read_text().splitlines())
+    return [w for w in lines if w and not w.startswith("#")]
 
 
 def cwe_repeats(length: int, common: int, uncommon: int) -> tuple[int, int]:

@@ -138,6 +138,14 @@ def test_copier_scores_one_and_never_copier_zero(name, tok, data):
         assert summary["ruler_score"].tolist() == [expected, expected]
 
 
+def test_cwe_word_pool_is_plain_words_none_inside_another():
+    from evals._ruler_build import word_pool
+
+    pool = word_pool()
+    assert len(pool) == len(set(pool)) > 800 and all(w.isalpha() and w.islower() and len(w) >= 4 for w in pool)
+    assert "the" not in pool and not [w for w in pool if any(w != o and w in o for o in pool)]
+
+
 def test_vt_distractor_chains_never_hold_the_answer(tok, data):
     task = get_task("vt")
     params = _params("vt", data, chains=3, lengths="700")
