@@ -63,12 +63,14 @@ class PromptedTask(DepthGrid, Task):
         """The prompt of one cell (pure in params and trial, never the model); has input_ids and answer_ids."""
         raise NotImplementedError
 
-    def stop_rule(self, tokenizer):
+    def stop_rule(self, params, tokenizer):
         """Stop rule of greedy decoding (generated ids -> done), or None."""
         return None
 
     def score_row(self, params, prompt, generated: list[int], text: str) -> dict:
-        """The per-prompt columns that depend on the task: the answer, the prediction, `correct`, ..."""
+        """The per-prompt columns that depend on the task: the answer, the prediction, `correct`, ...
+
+        `text` is the decoded answer without special tokens (the `generated` column keeps them)."""
         raise NotImplementedError
 
     def prompt_record(self, prompt, trial: int) -> dict:
@@ -125,10 +127,10 @@ class PromptedTask(DepthGrid, Task):
         p = self.prompt(params, tok, state, cell[CONTEXT_LENGTH], cell[DEPTH], cell[TRIAL])
         n_new = len(p.answer_ids) + params.max_new_tokens
         generated, nll = score_prompt(loaded.model, p.input_ids, p.answer_ids, n_new, eos_token_id=tok.eos_token_id,
-                                      stop=self.stop_rule(tok), prefix=state.prefix, group=self.group(params, cell))
+                                      stop=self.stop_rule(params, tok), prefix=state.prefix, group=self.group(params, cell))
         text = tok.decode(generated)
         row = {CONTEXT_LENGTH: p.context_length, DEPTH: p.depth, TRIAL: int(cell[TRIAL]),
-               **self.score_row(params, p, generated, text), ANSWER_NLL: nll, "prompt_tokens": len(p.input_ids),
+               **self.score_row(params, p, generated, tok.decode(generated, skip_special_tokens=True)), ANSWER_NLL: nll, "prompt_tokens": len(p.input_ids),
                "needle_position": p.needle_start, "generated": text, "seconds": time.perf_counter() - t0,
                "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids)}
         out = {self.table: [row], "telemetry": {"tokens": len(p.input_ids) + len(generated), **state.prefix.last}}

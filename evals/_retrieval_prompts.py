@@ -20,6 +20,8 @@ from harness.errors import UserError
 from harness.data.filler import LineSource
 from harness.data.haystack import check_depth, encode
 from harness.data.prompts import Insert, build_prompt
+from evals._ruler_score import string_match_all
+from evals._ruler_text import NIAH_NEEDLE, NIAH_NOUN, niah_strings, ruler_query, ruler_suffix
 
 KINDS = ("word", "number", "uuid")
 """Key and value kinds: word (adjective-noun), number (7 digits, first never 0), uuid (version 4)."""
@@ -27,6 +29,11 @@ HAYSTACKS = ("corpus", "filler", "needles")
 """corpus: text of `corpus`; filler: repeated filler sentences; needles: distractor needles only."""
 STYLES = ("niah", "passkey")
 """niah: keyed needles ("One hidden number of K is V."); passkey: one unkeyed "The pass key is V." line."""
+WORDINGS = ("lch", "ruler")
+"""lch: this project's needle, preamble and question; ruler: RULER's strings (evals/_ruler_text.py), its noise
+filler, a space before a needle in corpus text, and distractor depths drawn from RULER's 40-point depth grid."""
+RULER_DEPTHS = tuple(round(i * 100 / 39) / 100 for i in range(40))
+"""RULER's needle depths: round(linspace(0, 100, 40)) percent."""
 NUMBER_DIGITS = 7
 MIN_NEEDLE_TOKENS = 6  # no tokenizer we know puts a needle line in fewer tokens (exact check: when building)
 
@@ -91,6 +98,8 @@ class RetrievalParams:
     """Write RUN_DIR/prompts.jsonl (input_ids, asked values and their spans, answer_ids per prompt) to inspect or re-score."""
     prefix_cache: bool = True
     """Share each trial's haystack prefill across its depths and lengths (latest needle first); false: one prefill per prompt (same tables)."""
+    wording: str = "lch"
+    """lch: this project's needle, preamble and question; ruler: RULER's strings, noise filler and depth sampling (niah_* presets)."""
 
 
 def draw_item(kind: str, rng: random.Random, used: set) -> str:
@@ -141,8 +150,11 @@ def draw(params: RetrievalParams, trial: int) -> Draw:
                  for _ in range(n_keys))
     values = tuple(tuple(draw_item(params.value_kind, rng, used) for _ in range(params.values)) for _ in keys)
     others = n_keys * params.values - 1
-    spread = [(i + 0.5) / others for i in range(others)]
-    rng.shuffle(spread)
+    if params.wording == "ruler":  # RULER samples every needle's depth; the asked one is the cell's
+        spread = rng.sample(RULER_DEPTHS, others) if others <= len(RULER_DEPTHS) else [rng.random() for _ in range(others)]
+    else:
+        spread = [(i + 0.5) / others for i in range(others)]
+        rng.shuffle(spread)
     return Draw(keys, values, params.queries, tuple(spread))
 
 
@@ -181,16 +193,19 @@ class RetrievalPrompt:
     """one line per piece that was moved or cut to hit the exact length or a boundary"""
 
 
-def _needle_pieces(style: str, value_kind: str, key: str) -> tuple[str, str]:
-    """(text before the value, text after it) of a needle line."""
+def _needle_pieces(style: str, value_kind: str, key: str, wording: str = "lch", lead: str = "") -> tuple[str, str]:
+    """(text before the value, text after it) of a needle line; `lead` goes before it (a space in running text)."""
+    if wording == "ruler" and style == "niah":
+        return lead + NIAH_NEEDLE.format(noun=NIAH_NOUN[value_kind], key=key), ".\n"
     if style == "passkey":
         return "The pass key is", ". Remember it.\n"
     return f"One hidden {VALUE_NOUN[value_kind]} of {key} is", ".\n"
 
 
-def needle_ids(tokenizer: Any, style: str, value_kind: str, key: str, value: str) -> tuple[list[int], tuple[int, int]]:
+def needle_ids(tokenizer: Any, style: str, value_kind: str, key: str, value: str, wording: str = "lch",
+               lead: str = "") -> tuple[list[int], tuple[int, int]]:
     """A needle line as ids (before, value, after tokenised apart: the value keeps its own tokens) and its value span."""
-    head, tail = _needle_pieces(style, value_kind, key)
+    head, tail = _needle_pieces(style, value_kind, key, wording, lead)
     a, v, b = encode(tokenizer, head), encode(tokenizer, " " + value), encode(tokenizer, tail)
     return a + v + b, (len(a), len(a) + len(v))
 
@@ -199,8 +214,12 @@ def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def question_and_prefix(style: str, value_kind: str, asked: Sequence[str], n_values: int) -> tuple[str, str]:
+def question_and_prefix(style: str, value_kind: str, asked: Sequence[str], n_values: int,
+                        wording: str = "lch") -> tuple[str, str]:
     """(question after the haystack, answer prefix that ends the prompt)."""
+    if wording == "ruler" and style == "niah":
+        _, question, prefix = niah_strings(NIAH_NOUN[value_kind], ruler_query(asked), len(asked) * n_values == 1)
+        return question, prefix
     if style == "passkey":
         return "\n\nQuestion: What is the pass key?", "The pass key is"
     noun = VALUE_NOUN[value_kind]
@@ -226,28 +245,34 @@ def answer_ids(tokenizer: Any, values: Sequence[str]) -> tuple[list[int], tuple[
 
 
 def parse_values(text: str) -> list[str]:
-    """Values in a generated answer: up to the first '.' or newline, split on ',' (and ' and ')."""
-    head = re.split(r"[.\n]", text.lstrip(" "), maxsplit=1)[0]
+    """Values in a generated answer: up to the first '.' or newline, split on ',' (and ' and '); a leading ':' and
+    quotes or '**' around a value are dropped (RULER's wording invites ': 3390659.')."""
+    head = re.split(r"[.\n]", re.sub(r"^[ :]*", "", text), maxsplit=1)[0]
     parts = re.split(r",| and ", head)
-    return [p.strip() for p in parts if p.strip()]
+    return [v for v in (p.strip().strip("*\"'`").strip() for p in parts) if v]
 
 
-def answer_settled(tokenizer) -> Any:
-    """Stop rule for greedy decoding: the answer has reached its '.' or a newline (the parse cannot change)."""
+def answer_settled(tokenizer, wording: str = "lch") -> Any:
+    """Stop rule for greedy decoding: the answer has reached its '.' or a newline (the parse cannot change);
+    under RULER's wording only a '.' or newline after some word character (RULER reads the whole generation)."""
+    pattern = r"\w[^\n]*?[.\n]" if wording == "ruler" else r"[.\n]"
+
     def stop(tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens).lstrip(" ")
-        return bool(re.search(r"[.\n]", text))
+        text = tokenizer.decode(tokens, skip_special_tokens=True).lstrip(" ")
+        return bool(re.search(pattern, text))
     return stop
 
 
 def score(prompt: RetrievalPrompt, generated_ids: Sequence[int], generated_text: str) -> dict:
-    """prediction, correct (every asked value back), recall (fraction back), first_token_correct."""
+    """prediction, correct (every asked value back), recall (fraction back), first_token_correct, and
+    ruler_score (RULER's string_match_all); pass the text decoded without special tokens."""
     pred = parse_values(generated_text)
     gold = list(prompt.asked_values)
     hits = sum(1 for v in gold if v in pred)
     first_end = prompt.first_value_token + 1  # up to and including the first value's first real token
     return {"prediction": ", ".join(pred), CORRECT: hits == len(gold), "recall": hits / len(gold),
-            "first_token_correct": list(generated_ids[:first_end]) == list(prompt.answer_ids[:first_end])}
+            "first_token_correct": list(generated_ids[:first_end]) == list(prompt.answer_ids[:first_end]),
+            "ruler_score": string_match_all(generated_text, gold)}
 
 
 def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: PromptState, length: int,
@@ -255,18 +280,24 @@ def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: Promp
     """The prompt of one (length, depth, trial): pure and deterministic in (params, trial, length, depth)."""
     depth = check_depth(depth)
     d = draw(params, trial)
-    style, vk = params.style, params.value_kind
+    style, vk, wording = params.style, params.value_kind, params.wording
+    lead = " " if wording == "ruler" and params.haystack == "corpus" else ""
     inserts, order = [], []
     spread = iter(d.spread)
     for k, key in enumerate(d.keys):
         for j, value in enumerate(d.values[k]):
-            ids, (a, b) = needle_ids(tokenizer, style, vk, key, value)
+            ids, (a, b) = needle_ids(tokenizer, style, vk, key, value, wording, lead)
             at = depth if (k, j) == (0, 0) else next(spread)
             inserts.append(Insert(tuple(ids), at, (("value", a, b),)))
             order.append((k, j))
-    question, prefix_text = question_and_prefix(style, vk, d.asked, params.values)
-    prefix = list(state.frame.head) + encode(tokenizer, PREAMBLE[style].format(noun=VALUE_NOUN[vk]))
-    suffix = state.frame.suffix(tokenizer, question, prefix_text)
+    question, prefix_text = question_and_prefix(style, vk, d.asked, params.values, wording)
+    if wording == "ruler" and style == "niah":
+        preamble = niah_strings(NIAH_NOUN[vk], "", len(d.asked) * params.values == 1)[0]
+        suffix = ruler_suffix(state.frame, tokenizer, question, prefix_text)
+    else:
+        preamble = PREAMBLE[style].format(noun=VALUE_NOUN[vk])
+        suffix = state.frame.suffix(tokenizer, question, prefix_text)
+    prefix = list(state.frame.head) + encode(tokenizer, preamble)
     fixed = len(prefix) + sum(len(i.ids) for i in inserts) + len(suffix)
     if fixed > length:
         raise UserError(f"context length {length} cannot hold {len(inserts)} needle(s) ({params.keys} key(s) x "
@@ -315,7 +346,7 @@ def _haystack_needles(params: RetrievalParams, tokenizer: Any, d: Draw, trial: i
             key, value = draw_item(params.key_kind, rng, used), draw_item(params.value_kind, rng, used)
         except UserError:
             return  # the word pool ran out: the rest of the haystack is filler
-        ids, _ = needle_ids(tokenizer, params.style, params.value_kind, key, value)
+        ids, _ = needle_ids(tokenizer, params.style, params.value_kind, key, value, params.wording)
         yield ids, value
 
 

@@ -106,7 +106,7 @@ class NeedleTask(PromptedTask):
         return build_needle_prompt(tokenizer, state.source, int(length), float(depth), seed=params.seed,
                                    trial=int(trial), cities=params.cities, digits=params.digits, frame=state.frame)
 
-    def stop_rule(self, tokenizer):
+    def stop_rule(self, params: NeedleParams, tokenizer):
         """Stop once the digits of the answer are settled."""
         return digits_settled(tokenizer)
 

@@ -20,12 +20,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from evals._prompted import PromptedTask, PromptState
-from evals._retrieval_prompts import (HAYSTACKS, KINDS, MIN_NEEDLE_TOKENS, STYLES, RetrievalParams, RetrievalPrompt,
-                                      _positive_int, answer_settled, build_retrieval_prompt, prompt_record, score)
-from harness.data.filler import FillerSource, filler_fingerprint
+from evals._retrieval_prompts import (HAYSTACKS, KINDS, MIN_NEEDLE_TOKENS, STYLES, WORDINGS, RetrievalParams,
+                                      RetrievalPrompt, _positive_int, answer_settled, build_retrieval_prompt,
+                                      prompt_record, score)
+from evals._ruler_text import NOISE
+from harness.data.filler import FILLER_TEXT, FillerSource, filler_fingerprint
 from harness.data.haystack import haystack_source
 from harness.errors import UserError
 from harness.task import register_task
+
+
+def filler_text(params: RetrievalParams) -> str:
+    """The filler haystack's text: this project's paragraph, or RULER's noise one per line (wording=ruler)."""
+    return NOISE + "\n" if params.wording == "ruler" else FILLER_TEXT
+
 
 @register_task("retrieval")
 class RetrievalTask(PromptedTask):
@@ -36,7 +44,7 @@ class RetrievalTask(PromptedTask):
     table = "retrieval"
     summary_columns = {"recall": "recall", "first_token_accuracy": "first_token_correct"}
     summary_keys = ("task",)
-    added_params = {"save_prompts": False}
+    added_params = {"save_prompts": False, "wording": "lch"}
 
     def validate(self, params: RetrievalParams) -> None:
         """One clear line per bad parameter (the exact token budget is checked in `prepare`)."""
@@ -57,6 +65,8 @@ class RetrievalTask(PromptedTask):
             raise UserError("style=passkey has one pass key: use keys=1, values=1, queries=1")
         if params.style == "passkey" and params.haystack == "needles":
             raise UserError("style=passkey needs haystack=filler or haystack=corpus (a needles haystack holds other keys)")
+        if params.wording not in WORDINGS:
+            raise UserError(f"wording={params.wording!r} is not allowed; use one of {', '.join(WORDINGS)}")
         needles = params.keys * params.values
         if needles * MIN_NEEDLE_TOKENS > min(params.lengths):
             raise UserError(f"{needles} needles ({params.keys} key(s) x {params.values} value(s)) cannot fit in context "
@@ -68,7 +78,7 @@ class RetrievalTask(PromptedTask):
     def data_fingerprint(self, params: RetrievalParams) -> str:
         """The corpus's fingerprint for haystack=corpus; a fixed string naming the filler text otherwise."""
         if params.haystack != "corpus":
-            return filler_fingerprint()
+            return filler_fingerprint(filler_text(params))
         from harness.data.corpus import load_corpus
 
         return load_corpus(params.corpus).fingerprint
@@ -79,16 +89,16 @@ class RetrievalTask(PromptedTask):
             from harness.data.corpus import load_corpus
 
             return haystack_source(tokenizer, load_corpus(params.corpus, split="heldout"))
-        return FillerSource(tokenizer)
+        return FillerSource(tokenizer, filler_text(params))
 
     def prompt(self, params: RetrievalParams, tokenizer, state: PromptState, length: int, depth: float,
                trial: int) -> RetrievalPrompt:
         """The prompt of one cell (depends on params and trial, never on the model)."""
         return build_retrieval_prompt(params, tokenizer, state, int(length), float(depth), int(trial))
 
-    def stop_rule(self, tokenizer):
-        """Stop once every asked value is out."""
-        return answer_settled(tokenizer)
+    def stop_rule(self, params: RetrievalParams, tokenizer):
+        """Stop once every asked value is out (RULER's wording ends an answer with its own punctuation)."""
+        return answer_settled(tokenizer, params.wording)
 
     def score_row(self, params: RetrievalParams, prompt: RetrievalPrompt, generated: list[int], text: str) -> dict:
         """task, answer, the parsed values and their scores, the asked keys and the number of needles."""

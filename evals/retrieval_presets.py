@@ -12,22 +12,24 @@ from evals.retrieval import RetrievalParams, RetrievalTask
 from harness.task import register_task
 
 UUID_ROOM = {"max_new_tokens": 8}  # a uuid answer may need more tokens than its gold tokenisation
+RULER = {"wording": "ruler"}  # RULER's strings; the essay haystack stays the offline corpus (give -T corpus=FILE)
 
 PRESET_TABLE: tuple[tuple[str, str, dict], ...] = (
-    ("niah_single_1", "RULER niah_single_1: one keyed 7-digit number in repeated filler sentences.",
-     {"haystack": "filler"}),
-    ("niah_single_2", "RULER niah_single_2: one keyed 7-digit number in corpus text (essay-style haystack).", {}),
-    ("niah_single_3", "RULER niah_single_3: one keyed uuid in corpus text.", {"value_kind": "uuid", **UUID_ROOM}),
+    ("niah_single_1", "RULER niah_single_1: one keyed 7-digit number in RULER's repeated noise sentences.",
+     {"haystack": "filler", **RULER}),
+    ("niah_single_2", "RULER niah_single_2: one keyed 7-digit number in corpus text (RULER: essays; default: "
+                      "the offline corpus).", RULER),
+    ("niah_single_3", "RULER niah_single_3: one keyed uuid in corpus text.", {"value_kind": "uuid", **UUID_ROOM, **RULER}),
     ("niah_multikey_1", "RULER niah_multikey_1: the asked needle among distractor needles with other keys, in "
-                        "corpus text.", {"keys": 4}),
+                        "corpus text.", {"keys": 4, **RULER}),
     ("niah_multikey_2", "RULER niah_multikey_2: a haystack made only of distractor needles (word keys, number "
-                        "values).", {"haystack": "needles"}),
+                        "values).", {"haystack": "needles", **RULER}),
     ("niah_multikey_3", "RULER niah_multikey_3: uuid keys and uuid values, a haystack of distractor needles only.",
-     {"haystack": "needles", "key_kind": "uuid", "value_kind": "uuid", **UUID_ROOM}),
+     {"haystack": "needles", "key_kind": "uuid", "value_kind": "uuid", **UUID_ROOM, **RULER}),
     ("niah_multivalue", "RULER niah_multivalue: one key with 4 values in corpus text; every value must come back.",
-     {"values": 4}),
+     {"values": 4, **RULER}),
     ("niah_multiquery", "RULER niah_multiquery: 4 keys asked at once in corpus text; every value must come back.",
-     {"keys": 4, "queries": 4}),
+     {"keys": 4, "queries": 4, **RULER}),
     ("passkey", "Passkey retrieval (Mohtashami & Jaggi 2023): one pass key line in repeated filler text.",
      {"style": "passkey", "haystack": "filler"}),
 )

@@ -9,7 +9,9 @@ import pytest
 from harness.runner import ModelRequest, plan_run
 
 PINNED = {"needle": ["fda857a60d969ff2", "22ff8031e1283e96", "d7a25caa80bc304a", "b2af92c5bc354683", "6f88bca62d16c156", "a6af009eb3dbb3e4", "aaf6e6f57c76d41e", "d8282fae539fd78f"], "position_loss": ["de11995288b299bf", "66bedda43510c39c", "e7bbcf103744c1b5", "5477ec310b6f02a3"], "attention_probe": ["5b1c19d6e0d2dc77", "8e032782631da86e"]}
-PINNED_NAMES = {"needle": "needle-f9390627", "niah_single_2": "niah_single_2-1a6c0a5f",
+# niah_single_2 was niah_single_2-1a6c0a5f before issue 30: the niah_* presets now default to wording=ruler (RULER's
+# strings), which changes every prompt, so their old runs must not resume (wording=lch keeps the old name and keys).
+PINNED_NAMES = {"needle": "needle-f9390627", "niah_single_2": "niah_single_2-3d122b92",
                 "attention_probe": "attention_probe-ab665d28"}
 CORPUS = "/tmp/lch-pinned-corpus"  # part of the params, so part of the keys: a fixed path
 PARAMS = {
@@ -54,3 +56,5 @@ def test_default_run_names_are_pinned(tmp_path):
     names = {task: plan_run(task, ["reference/softmax"], params, out_root=tmp_path).run_dir.name
              for task in ("needle", "niah_single_2", "attention_probe")}
     assert names == PINNED_NAMES
+    old = plan_run("niah_single_2", ["reference/softmax"], {**params, "wording": "lch"}, out_root=tmp_path)
+    assert old.run_dir.name == "niah_single_2-1a6c0a5f"  # the pre-issue-30 default, still reachable

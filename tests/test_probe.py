@@ -244,7 +244,7 @@ def test_probe_scores_a_retrieval_presets_prompts_on_the_asked_value(tiny_checkp
     from harness.task import get_task
 
     ckpt = tiny_checkpoint()
-    grid = {"corpus": str(corpus_dir), "lengths": "300", "depths": "0,0.5,1", "trials": 1}
+    grid = {"corpus": str(corpus_dir), "lengths": "400", "depths": "0,0.5,1", "trials": 1}
     probe, preset = get_task("attention_probe"), get_task("niah_multikey_1")
     loaded = load_model(str(ckpt))
     tok = loaded.tokenizer
@@ -253,8 +253,8 @@ def test_probe_scores_a_retrieval_presets_prompts_on_the_asked_value(tiny_checkp
     preset_state = preset.prepare(preset_params, loaded)
     spans = {}
     for depth in (0.0, 0.5, 1.0):
-        t = target(state.task, state.params, tok, state.state, 300, depth, 0)
-        p = preset.prompt(preset_params, tok, preset_state, 300, depth, 0)
+        t = target(state.task, state.params, tok, state.state, 400, depth, 0)
+        p = preset.prompt(preset_params, tok, preset_state, 400, depth, 0)
         assert t.input_ids == p.input_ids and t.answer_ids == p.answer_ids
         value, s, e = p.value_spans[0]
         assert p.asked_values == (value,) and t.answer == value

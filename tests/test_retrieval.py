@@ -19,7 +19,8 @@ from tests.tiny import build_tokenizer
 
 TEXT = ("The lighthouse keeper counted ships. Each night he wrote their names down!\n"
         "for ship in harbour:\n    log.write(ship.name)\n")
-LENGTHS = {"niah_multiquery": "520,600", "niah_multikey_3": "420,480"}  # uuids take many tokens of a 400-word BPE
+LENGTHS = {"niah_multiquery": "520,600", "niah_multikey_3": "420,480",  # uuids take many tokens of a 400-word BPE
+           "niah_multikey_1": "400,480", "niah_multivalue": "400,480"}  # RULER's wording is longer than lch's
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,10 @@ def read_answer(prompt: str, wrong: bool) -> str:
     """What a perfect reader answers: the asked keys from the answer prefix, their values from the needles."""
     if prompt.rstrip().endswith("The pass key is"):
         values = re.findall(r"The pass key is (\S+?)\. Remember", prompt)
+    elif prompt.endswith("mentioned in the provided text is") or prompt.endswith("mentioned in the provided text are"):
+        keys = re.search(r"The special magic \w+? for (.+) mentioned in the provided text (?:is|are)$", prompt).group(1)
+        values = [v for key in re.split(r", and |, ", keys)
+                  for v in re.findall(rf"One of the special magic \w+ for {re.escape(key)} is: (\S+?)\.\n", prompt)]
     else:
         last = prompt.rsplit("\n", 1)[-1]
         keys = re.match(r"Answer: The hidden \w+? of (.+) (?:is|are)$", last).group(1)
@@ -84,6 +89,7 @@ def test_copier_scores_one_and_never_copier_zero(name, tok, corpus_dir):
     task, params, _, df = _grid(name, StubModel(tok), tok, corpus_dir)
     assert len(df) == 2 * 3 * 2 and (df["task"] == name).all()
     assert df["correct"].all() and (df["recall"] == 1.0).all() and df["first_token_correct"].all()
+    assert (df["ruler_score"] == 1.0).all()
     assert (df["answer_nll"] < 1e-3).all()
     assert (df["prompt_tokens"] == df["context_length"]).all()
     summary = task.summarize({"retrieval": df}, params)
@@ -91,6 +97,7 @@ def test_copier_scores_one_and_never_copier_zero(name, tok, corpus_dir):
     assert summary["retrieval_effective_length"]["effective_length"].tolist() == [max(params.lengths)]
     _, _, _, bad = _grid(name, StubModel(tok, wrong=True), tok, corpus_dir)
     assert not bad["correct"].any() and (bad["recall"] == 0.0).all() and not bad["first_token_correct"].any()
+    assert (bad["ruler_score"] == 0.0).all()
     assert (bad["answer_nll"] > 1.0).all()
     assert task.summarize({"retrieval": bad}, params)["retrieval_effective_length"]["effective_length"].tolist() == [0]
 
@@ -132,6 +139,19 @@ def test_parse_values():
     assert parse_values(" 123, 456 and 789.\nmore") == ["123", "456", "789"]
     assert parse_values(" amber-falcon.") == ["amber-falcon"]
     assert parse_values("\n123") == []
+    assert parse_values(": 3390659.") == ["3390659"]  # RULER's wording invites a colon, quotes or bold
+    assert parse_values(' "3390659", **4412345**.') == ["3390659", "4412345"]
+
+
+def test_ruler_wording_is_the_presets_default_and_lch_stays_selectable(tok, corpus_dir):
+    task = get_task("niah_multikey_1")
+    for wording, needle in (("ruler", "One of the special magic numbers for"), ("lch", "One hidden number of")):
+        params = _params("niah_multikey_1", corpus_dir, lengths="400", wording=wording)
+        text = tok.decode(list(task.prompt(params, tok, task.prepare(params, _loaded(None, tok)), 400, 0.5, 0).input_ids))
+        assert text.count(needle) == 4, wording
+    assert get_task("niah_single_2").Params().wording == "ruler" and get_task("passkey").Params().wording == "lch"
+    with pytest.raises(UserError, match="wording='x' is not allowed"):
+        parse_task_params(get_task("niah_single_2"), {"wording": "x"})
 
 
 @pytest.mark.parametrize("overrides, pattern", [

@@ -52,15 +52,17 @@ def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
     return ax
 
 
-def retrieval_average_figure(average, *, train_lengths=None) -> Figure:
+def retrieval_average_figure(average, *, train_lengths=None, value: str = "accuracy", over: str = "presets") -> Figure:
     """RULER-style average over presets vs context length (log x): accuracy (left) and answer NLL (right),
-    one line per (model, attention, theta). `average`: tables.retrieval_average's rows."""
+    one line per (model, attention, theta). `average`: tables.retrieval_average's rows (or tables.ruler_average's
+    with value="ruler_score", over="tasks")."""
     panel_list, keys = panels(average)
     names = panel_names(full_keys(panel_list, keys))
     right = ANSWER_NLL in average.columns and average[ANSWER_NLL].notna().any()
     fig = Figure(figsize=(11.5 if right else 6.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2 if right else 1, squeeze=False)[0]
-    columns = [(ACCURACY, "accuracy (mean over presets)")] + ([(ANSWER_NLL, "answer NLL (nats/token, mean over presets)")] if right else [])
+    columns = [(value, f"{value.replace('_', ' ')} (mean over {over})")] + (
+        [(ANSWER_NLL, f"answer NLL (nats/token, mean over {over})")] if right else [])
     for ax, (column, label) in zip(axes, columns):
         for (key, part), name in zip(panel_list, names.titles):
             part = part.sort_values(CONTEXT_LENGTH)
@@ -76,6 +78,8 @@ def retrieval_average_figure(average, *, train_lengths=None) -> Figure:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylim(-0.03, 1.03)
     legend_with_shared(axes[0], names.shared)
-    presets = ", ".join(sorted({p for s in average.get("preset_names", []) for p in str(s).split(", ") if p}))
-    fig.suptitle(wrap_title(f"retrieval average over presets: {presets}", chars_per_line(11.0, 11)), fontsize=11)
+    names_column = "preset_names" if over == "presets" else "task_names"
+    presets = ", ".join(sorted({p for s in average.get(names_column, []) for p in str(s).split(", ") if p}))
+    title = "retrieval average over presets" if over == "presets" else "RULER average over tasks"
+    fig.suptitle(wrap_title(f"{title}: {presets}", chars_per_line(11.0, 11)), fontsize=11)
     return fig

@@ -18,7 +18,7 @@ from harness.plots import difference_figure, panel_title, retrieval_average_figu
 from harness.report.html import render_html
 from harness.report.versus import statistics_section
 from harness.results.intervals import headline_with_intervals, retrieval_average_intervals
-from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, retrieval_average, variant_keys
+from harness.results.tables import MODEL_COLUMNS as PANEL_KEYS, retrieval_average, ruler_average, variant_keys
 
 
 @dataclass
@@ -61,6 +61,10 @@ CAPTIONS = (
     (r"retrieval_average", "retrieval",
      "RULER-style average over the presets that ran: each preset's accuracy (left) and answer NLL (right) at a length, "
      "then their mean, one line per variant; dotted line: training length."),
+    (r"ruler_average", "retrieval",
+     "RULER average over the RULER tasks that ran (niah_* presets, vt, cwe, fwe, qa): each task's score as RULER "
+     "scores it (share of references in the generation) at a length, then their mean, one line per variant; right: "
+     "answer NLL; dotted line: training length."),
     (r"retrieval_heatmap_(?P<preset>.+)", "retrieval",
      "{preset}: share of prompts with every asked value exact (top) and the answer NLL (bottom, nats/token) per "
      "context length and depth of the asked needle; dashed line: training length."),
@@ -118,6 +122,10 @@ def comparison_figures(tables, train, figures_dir: Path) -> list[Path]:
     if needle is not None and not needle.empty and (fig := difference_figure(needle, train_lengths=train)) is not None:
         drawn.append(save(fig, figures_dir / "needle_difference.png"))
     retrieval = tables.get("retrieval")
+    ruler = ruler_average(retrieval, tables.get("ruler"))
+    if not ruler.empty and ruler["tasks"].max() > 1:
+        drawn.append(save(retrieval_average_figure(ruler, train_lengths=train, value="ruler_score", over="tasks"),
+                          figures_dir / "ruler_average.png"))
     if retrieval is None or retrieval.empty:
         return drawn
     if retrieval["task"].nunique() > 1:
@@ -177,8 +185,9 @@ def compare_runs(run_dirs, out_dir, baseline: str | None = None) -> Path:
     """Draw the comparison of `run_dirs` into `out_dir` and write `out_dir/report.html`; returns its path.
 
     Also writes headline.csv (headline_intervals.csv: the cells with their intervals), versus_baseline.csv (each
-    variant against `baseline`, 'MODEL|ATTENTION|THETA', default the first), and retrieval_presets.csv /
-    retrieval_average.csv when retrieval runs are present.
+    variant against `baseline`, 'MODEL|ATTENTION|THETA', default the first), retrieval_presets.csv /
+    retrieval_average.csv when retrieval runs are present, and ruler_average.csv when RULER tasks (niah_* presets,
+    vt, cwe, fwe, qa_1, qa_2) are.
     """
     out_dir = Path(out_dir)
     runs = results.expand_runs(run_dirs)
@@ -196,6 +205,8 @@ def compare_runs(run_dirs, out_dir, baseline: str | None = None) -> Path:
     if retrieval is not None and not retrieval.empty:
         write_text(out_dir / "retrieval_presets.csv", retrieval_preset_table(retrieval, train).to_csv(index=False))
         write_text(out_dir / "retrieval_average.csv", retrieval_average_intervals(retrieval).to_csv(index=False))
+    if not (ruler := ruler_average(retrieval, tables.get("ruler"))).empty:
+        write_text(out_dir / "ruler_average.csv", ruler.to_csv(index=False))
     report = out_dir / "report.html"
     sections = ([statistics] if statistics else []) + build_sections(tables, train, figures)
     write_text(report, render_html(shown, sections, run_rows(runs), model_rows(manifest)))

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 
 from harness.columns import ACCURACY, ANSWER_NLL, CONTEXT_LENGTH, CORRECT
-from harness.results.tables import MODEL_COLUMNS, effective_length, retrieval_average, variant_keys
+from harness.results.tables import MODEL_COLUMNS, effective_length, retrieval_average, ruler_average, variant_keys
 
 THRESHOLD = 0.8
 """Accuracy a length (and every shorter one) must reach to count towards the effective length."""
@@ -77,6 +77,18 @@ def retrieval_rows(retrieval, train_lengths, threshold=THRESHOLD) -> dict:
     return out
 
 
+def ruler_rows(retrieval, ruler, train_lengths) -> dict:
+    """{variant: 'RULER score @…' per length and 'RULER tasks'}: the mean RULER score over the RULER tasks that ran."""
+    out = {}
+    for key, part in by_variant(ruler_average(retrieval, ruler)):
+        train = train_lengths.get(key[0])
+        row = {length_column("RULER score", length, train): round(float(score), 3)
+               for length, score in sorted(zip(part["context_length"], part["ruler_score"]))}
+        row["RULER tasks"] = int(part["tasks"].max())
+        out[key] = row
+    return out
+
+
 def loss_rows(loss, train_lengths) -> dict:
     """{variant: headline columns} of the per-position loss: mean NLL inside / beyond the training length."""
     out = {}
@@ -91,7 +103,7 @@ def loss_rows(loss, train_lengths) -> dict:
 
 
 GROUPS = ("needle acc", "needle effective length", f"needle answer NLL {BEYOND}", "retrieval acc",
-          "retrieval effective length", f"retrieval answer NLL {BEYOND}", "NLL inside training length", f"NLL {BEYOND}",
+          "retrieval effective length", f"retrieval answer NLL {BEYOND}", "RULER score", "RULER tasks", "NLL inside training length", f"NLL {BEYOND}",
           "NLL all positions")
 """Headline column groups, in the order they are shown."""
 
@@ -107,13 +119,15 @@ def _column_order(column: str) -> tuple:
 
 def headline_table(tables: dict, train_lengths: dict, threshold: float = THRESHOLD) -> pd.DataFrame:
     """Per model variant: training length, needle and retrieval accuracy by length (as multiples of the
-    training length when known), effective lengths, answer NLL beyond the training length, and the mean
-    per-position NLL inside / beyond it."""
+    training length when known), effective lengths, answer NLL beyond the training length, the RULER score
+    by length (mean over the RULER tasks that ran), and the mean per-position NLL inside / beyond it."""
     parts = []
     if (needle := _present(tables, "needle")) is not None:
         parts.append(needle_rows(needle, train_lengths, threshold))
     if (retrieval := _present(tables, "retrieval")) is not None:
         parts.append(retrieval_rows(retrieval, train_lengths, threshold))
+    if (ruler := ruler_rows(_present(tables, "retrieval"), _present(tables, "ruler"), train_lengths)):
+        parts.append(ruler)
     if (loss := _present(tables, "position_loss")) is not None:
         parts.append(loss_rows(loss, train_lengths))
     rows: dict[tuple, dict] = {}
@@ -132,7 +146,7 @@ def headline_table(tables: dict, train_lengths: dict, threshold: float = THRESHO
 def _integer_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Training and effective lengths as nullable integers (no '256.0' where a row has none)."""
     for column in df.columns:
-        if column == "training length" or column.endswith("effective length"):
+        if column in ("training length", "RULER tasks") or column.endswith("effective length"):
             df[column] = pd.array([None if pd.isna(v) else int(v) for v in df[column]], dtype="Int64")
     return df
 

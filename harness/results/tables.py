@@ -96,6 +96,34 @@ def retrieval_average(df) -> pd.DataFrame:
     return out.reset_index()
 
 
+RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
+               "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
+"""RULER's thirteen tasks as this harness names them (the niah_* presets write `retrieval`, the rest `ruler`)."""
+
+
+def ruler_average(*frames) -> pd.DataFrame:
+    """RULER score per (model, attention, rope_theta, context_length): each RULER task's mean `ruler_score` (rows
+    without one, e.g. from runs before it existed, are left out), then the mean over tasks (each weighs the same);
+    also accuracy (full score) and answer NLL; `tasks` counts the tasks, `task_names` lists them."""
+    parts = [f for f in frames if f is not None and not f.empty and "ruler_score" in f.columns]
+    if not parts:
+        return pd.DataFrame(columns=[*MODEL_COLUMNS, "context_length", "ruler_score", "accuracy", "tasks", "task_names"])
+    df = pd.concat(parts, ignore_index=True)
+    df = df[df["task"].isin(RULER_TASKS) & df["ruler_score"].notna()]
+    keys = model_columns(df)
+    cols = {"ruler_score": ("ruler_score", "mean"), "accuracy": ("correct", "mean")}
+    if "answer_nll" in df.columns:
+        cols["answer_nll"] = ("answer_nll", "mean")
+    per_task = (df.assign(correct=df["correct"].astype(float))
+                .groupby([*keys, "task", "context_length"], dropna=False, sort=False).agg(**cols).reset_index())
+    grouped = per_task.sort_values("context_length", kind="stable").groupby([*keys, "context_length"], dropna=False,
+                                                                            sort=False)
+    out = grouped[list(cols)].mean()
+    out["tasks"] = grouped["task"].nunique()
+    out["task_names"] = grouped["task"].agg(lambda s: ", ".join(sorted(map(str, set(s)))))
+    return out.reset_index()
+
+
 def log_bucket_edges(stop: int, per_octave: int = 4) -> list[int]:
     """Integer edges 1 = e0 < e1 < ... < ek = stop of log-spaced buckets [e_i, e_{i+1}), `per_octave` per doubling."""
     if stop <= 1:
