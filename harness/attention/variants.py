@@ -206,11 +206,10 @@ def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scalin
     kv_heads, kv_len = keys_t.shape[1], keys_t.shape[-1]
     k0, k1 = key_range or (0, kv_len)
     groups, c = heads // kv_heads, len(rows)
-    q = query.index_select(2, rows).float()  # (B, H, c, D)
+    # z / cap (or z) straight from the matmul: the constant is folded into the c x D query, not the c x keys scores
+    q = query.index_select(2, rows).float() * (scaling / softcap if softcap is not None else scaling)  # (B, H, c, D)
     scores = torch.matmul(q.reshape(batch, kv_heads, groups * c, head_dim), keys_t[..., k0:k1])
-    scores = scores.view(batch, heads, c, k1 - k0).mul_(scaling)
-    if softcap is not None:
-        scores = scores.div_(softcap).tanh_().mul_(softcap)
+    scores = scores.view(batch, heads, c, k1 - k0)
     if isinstance(attention_mask, KeyPattern):  # n_i from the pattern (the range may hold fewer keys than a row sees)
         allowed = attention_mask.allowed(rows, k0, k1)
         n = attention_mask.counts(rows.device)[..., rows, :]
@@ -218,10 +217,29 @@ def attention_weights(module, query, keys_t, attention_mask, rows, q_len, scalin
         allowed = allowed_keys(attention_mask, rows, q_len, kv_len)  # (B|1, 1|H, c, kv)
         n = allowed.sum(-1, keepdim=True, dtype=torch.float32).clamp_(min=1.0)  # counted on the materialised mask
         allowed = allowed[..., k0:k1]
-    scale = query_scale(module, n)
+    scale = query_scale(module, n)  # m(n_i) per row, times the cap: one pass over the scores
+    if softcap is not None:
+        scores = scores.tanh_()
+        scale = softcap if scale is None else scale * softcap
     if scale is not None:
         scores = scores.mul_(scale)
-    return torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
+    _mask_columns(scores, allowed)
+    weights = torch.softmax(scores, dim=-1)
+    return weights if isinstance(attention_mask, KeyPattern) else weights.nan_to_num_(0.0)
+
+
+def _mask_columns(scores: torch.Tensor, allowed: torch.Tensor) -> None:
+    """scores = -inf where not allowed, touching only the leading and trailing columns some row may not see."""
+    seen_by_all = allowed.all(dim=-2).reshape(-1, allowed.shape[-1]).all(dim=0)  # (keys,)
+    if bool(seen_by_all.all()):
+        return
+    inside = seen_by_all.nonzero()
+    a, b = (int(inside[0]), int(inside[-1]) + 1) if len(inside) else (0, 0)
+    if b - a != len(inside):  # columns seen by every row are not one run: mask everything
+        a = b = 0
+    for lo, hi in ((0, a), (b, scores.shape[-1])):
+        if hi > lo:
+            scores[..., lo:hi].masked_fill_(~allowed[..., lo:hi], float("-inf"))
 
 
 def materialised_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 import harness.attention  # registers "lch"
 from harness.attention import apply_attention
 from harness.attention.variants import reset_attention_paths
+from harness.inference.decode import crop_to
 
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
@@ -50,7 +51,7 @@ with torch.inference_mode():
     else:  # shared: the first prompt in full, the next after half of it (the cache cropped to the shared prefix)
         cache = DynamicCache()
         model.model(ids, past_key_values=cache, use_cache=True)
-        cache.crop(L // 2)
+        crop_to(cache, L // 2)
         model.model(ids[:, L // 2:], past_key_values=cache, use_cache=True)
     seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "forward_mib": peak_rss_mib() - base,
