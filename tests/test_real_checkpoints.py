@@ -160,12 +160,14 @@ def test_unsupported_architecture_is_refused_before_weights_load(tmp_path):
         describe_model(str(path))
 
 
-def test_damaged_weights_are_one_line(tmp_path):
+@pytest.mark.parametrize("progress", ["--no-progress", "--progress"])
+def test_damaged_weights_are_one_line(tmp_path, progress):
+    # with the progress bar on, too: it is drawn only once weights have loaded, never as "0/N cells" before the error
     path = save(tmp_path / "cut", BY_ID["llama"])
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     res = _cli(["run", "position_loss", "--model", str(path), "-T", "length=50", "-T", "docs=1",
-                "--out", str(tmp_path / "o"), "--no-progress"])
+                "--out", str(tmp_path / "o"), progress])
     assert res.exit_code == 2 and f"{str(weights)!r}: Error while deserializing header" in res.output, res.output
     assert len([x for x in res.output.splitlines() if x.strip()]) == 1
 
