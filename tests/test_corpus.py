@@ -40,8 +40,26 @@ def test_split_is_stable():
                            env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=Path(__file__).parents[1]).stdout
             for seed in ("1", "2")}
     assert outs == {str([is_heldout(p) for p in paths]) + "\n"}
+
+
+def test_fingerprint_is_sha256_of_ids_and_texts_read_from_disk():
+    import hashlib
+
+    from harness.corpus import stdlib_root
+
+    # computed here from the files themselves, not from the corpus's Documents
     heldout = load_corpus("builtin:stdlib", "heldout")
-    assert heldout.fingerprint == fingerprint(heldout.documents) and len(heldout.fingerprint) == 64
+    h = hashlib.sha256()
+    for rel in (d.doc_id for d in heldout.documents):
+        h.update(rel.encode() + b"\0" + (stdlib_root() / rel).read_bytes() + b"\0")
+    assert heldout.fingerprint == h.hexdigest()
+
+
+def test_fingerprint_of_a_small_folder_is_pinned(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    # sha256(b"a.txt\0first\0b.txt\0second\0"): ids and texts in sorted order, each closed by a NUL
+    assert load_corpus(str(tmp_path)).fingerprint == "7f0c71c2a32723addd68a5b72356ceaf33d769efa7f482c1308d759fcbd7cc9b"
 
 
 def test_fingerprint_depends_on_text():
