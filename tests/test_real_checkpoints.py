@@ -73,13 +73,22 @@ def test_every_task_runs_and_needle_equals_a_full_forward(case, corpus, tmp_path
         greedy, nll = full_forward_answer(loaded.model, ids, answer, len(answer), tok.eos_token_id)
         assert row["answer_nll"] == pytest.approx(nll, abs=1e-4)
         assert len(greedy) == len(answer) and row["generated"] == tok.decode(greedy)
-    probe = run_task("attention_probe", [str(path)], {**params, "save_prompts": False}, out_root=tmp_path,
-                     name="p", progress=False)
-    scores = results.load_run(probe)["needle_score"]
-    assert scores["needle_score"].between(0, 1).all() and len(scores) == 2 * loaded.info.num_layers * loaded.info.num_heads
-    loss = run_task("position_loss", [str(path)], {"corpus": str(corpus), "length": LENGTH, "docs": 1},
-                    out_root=tmp_path, name="l", progress=False)
-    assert len(results.load_run(loss)["position_loss"]) == LENGTH - 1
+    # the other tasks' model-facing code on this family (the runner around them is tested once, elsewhere)
+    [probe] = task_cells("attention_probe", loaded, {**params, "depths": "1", "save_prompts": False})
+    scores = probe["needle_score"]
+    assert all(0 <= r["needle_score"] <= 1 for r in scores) and len(scores) == loaded.info.num_layers * loaded.info.num_heads
+    [loss] = task_cells("position_loss", loaded, {"corpus": str(corpus), "length": LENGTH, "docs": 1})
+    assert len(loss["position_nll"]) == LENGTH - 1
+
+
+def task_cells(name, loaded, raw: dict) -> list[dict]:
+    """Every cell of a task on a loaded model, through the Task API without the runner (no run directory)."""
+    from harness.params import parse_task_params
+    from harness.task import get_task
+
+    task, params = get_task(name), parse_task_params(name, raw)
+    state = task.prepare(params, loaded)
+    return [task.run_cell(params, loaded, cell, state, 0) for cell in task.cells(params)]
 
 
 def test_training_length_comes_from_the_config_and_can_be_given(tmp_path):
