@@ -45,7 +45,7 @@ def test_split_is_stable():
 def test_fingerprint_is_sha256_of_ids_and_texts_read_from_disk():
     import hashlib
 
-    from harness.corpus import stdlib_root
+    from harness.data.corpus import stdlib_root
 
     # computed here from the files themselves, not from the corpus's Documents
     heldout = load_corpus("builtin:stdlib", "heldout")

@@ -83,10 +83,11 @@ def test_every_task_runs_and_needle_equals_a_full_forward(case, corpus, tmp_path
 
 def task_cells(name, loaded, raw: dict) -> list[dict]:
     """Every cell of a task on a loaded model, through the Task API without the runner (no run directory)."""
-    from harness.params import parse_task_params
     from harness.task import get_task
+    from harness.task.params import parse_task_params
 
-    task, params = get_task(name), parse_task_params(name, raw)
+    task = get_task(name)
+    params = parse_task_params(task, raw)
     state = task.prepare(params, loaded)
     return [task.run_cell(params, loaded, cell, state, 0) for cell in task.cells(params)]
 
