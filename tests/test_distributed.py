@@ -1,4 +1,5 @@
-"""Scale-out: cost-balanced sharding (LPT), torchrun runs equal single-process runs, resume across world sizes, device_map."""
+"""Scale-out: cost-balanced sharding (LPT), torchrun runs equal single-process runs, resume across world sizes
+(a real 2-process torchrun in the default set), device_map."""
 
 import os
 import subprocess
@@ -128,37 +129,6 @@ def test_plan_gives_needle_cells_their_group_and_order(model, tmp_path):
     assert [c.key for c in off.cells] == [c.key for c in plan.cells] and off.run_dir == plan.run_dir
 
 
-def _fake_rank(monkeypatch, rank, world):
-    """Pretend to be one rank of a torchrun job without a process group (every other rank is absent)."""
-    monkeypatch.setattr(distributed, "shard", lambda: (rank, world))
-    monkeypatch.setattr(distributed, "join_group", lambda world, device: False)
-    monkeypatch.setattr(distributed, "agreed_pending", lambda plan, world: plan.pending())
-    monkeypatch.setattr(distributed, "barrier", lambda world: None)
-
-
-def test_resume_under_other_world_sizes_computes_only_missing_cells(model, tmp_path, monkeypatch):
-    log = tmp_path / "log.txt"
-    params = {"lengths": "8,12,16,20", "trials": 2, "log": str(log)}
-    with monkeypatch.context() as m:  # rank 0 of 3 runs alone (ranks 1 and 2 died before any cell)
-        _fake_rank(m, 0, 3)
-        run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)
-    first = len(log.read_text().splitlines())
-    plan = plan_run("fake", [model], params, out_root=tmp_path, name="r")
-    assert first == 8 - len(plan.pending()) and 0 < first < 8
-    share = assign_cells(plan.pending(), 2)[1]
-    with monkeypatch.context() as m:  # then rank 1 of 2: its share of what is still pending
-        _fake_rank(m, 1, 2)
-        run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)
-    assert len(log.read_text().splitlines()) == first + len(share)
-    assert all(plan.cell_path(c).exists() for c in share) and len(plan.pending()) == 8 - first - len(share) > 0
-    run_task("fake", [model], params, out_root=tmp_path, name="r", progress=False)  # world size 1 finishes
-    lines = [tuple(x.split()[1:]) for x in log.read_text().splitlines()]
-    assert len(lines) == len(set(lines)) == 8  # every cell computed exactly once over three starts
-    df = results.load_run(tmp_path / "r")["fake"]
-    assert len(df) == 8 and not df.duplicated(["length", "trial"]).any()
-    assert results.read_manifest(tmp_path / "r")["status"] == "complete"
-
-
 def test_device_map_needs_accelerate_and_a_known_map(model, monkeypatch):
     with pytest.raises(UserError, match="unknown device map 'everywhere'"):
         loading.load_model(str(model), device_map="everywhere")
@@ -202,6 +172,26 @@ def _torchrun(tmp_path, args, **env):
 
 GRID = ["-T", "lengths=8,12,16,20,24", "-T", "trials=2"]
 GRID_PARAMS = {"lengths": "8,12,16,20,24", "trials": 2}
+
+
+def test_torchrun_resumes_a_single_process_run_and_computes_only_missing_cells(model, tmp_path):
+    # real torchrun, 2 CPU processes, real process group: shard, agreed_pending and barrier are not faked
+    log, out = tmp_path / "log.txt", tmp_path / "out"
+    single = run_task("fake", [model], GRID_PARAMS, out_root=out, name="r", progress=False)  # world size 1
+    want = results.load_run(single)["fake"]
+    plan = plan_run("fake", [model], GRID_PARAMS, out_root=out, name="r")
+    missing = {(c.coords["length"], c.coords["trial"]) for c in plan.cells if c.coords["length"] in (8, 16, 24)}
+    for c in plan.cells:
+        if (c.coords["length"], c.coords["trial"]) in missing:
+            plan.cell_path(c).unlink()
+    res = _torchrun(tmp_path, ["--model", str(model), "--out", str(out), "--name", "r", *GRID, "-T", f"log={log}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run dir:") == 1  # one summary, from rank 0
+    lines = [x.split() for x in log.read_text().splitlines()]
+    assert sorted((int(length), int(trial)) for _, length, trial in lines) == sorted(missing)  # each once, no others
+    assert len({pid for pid, _, _ in lines}) == 2  # both ranks computed a share
+    pd.testing.assert_frame_equal(results.load_run(out / "r")["fake"], want)
+    assert results.read_manifest(out / "r")["status"] == "complete"
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ names; shared name parts are said once; answer-NLL heatmaps sit beside the accur
 
 import itertools
 
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -143,12 +144,30 @@ def test_legend_labels_are_short(tmp_path):
     assert labels[0] == "softmax · θ=100000" and LONG_NAME in ax.get_legend().get_title().get_text()
 
 
-def test_attention_fading_marks_the_training_length():
-    from tests.synthetic_runs import probe_rows
+def _dotted_at(ax, x) -> int:
+    return sum(1 for line in ax.get_lines() if list(line.get_xdata()) == [x, x] and line.get_linestyle() == ":")
+
+
+def test_attention_fading_marks_the_training_length_of_plotted_models_only():
+    from tests.synthetic_runs import REFERENCE, probe_rows
 
     _, fading = probe_rows()
-    fig = plots.attention_fading_figure(fading, train_lengths={"m": 64})
-    for ax in fig.axes[:2]:
-        vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [64, 64]]
-        assert len(vertical) == 1 and vertical[0].get_linestyle() == ":"
-    assert not any(list(line.get_xdata()) == [64, 64] for line in plots.attention_fading_figure(fading).axes[0].get_lines())
+    softmax, ssmax = (name for name, _, _ in REFERENCE)
+    fig = plots.attention_fading_figure(fading, train_lengths={softmax: 64, ssmax: 64})
+    assert [_dotted_at(ax, 64) for ax in fig.axes[:2]] == [1, 1]  # one line per distinct length
+    fig = plots.attention_fading_figure(fading, train_lengths={softmax: 64, "not/plotted": 16})
+    assert [(_dotted_at(ax, 64), _dotted_at(ax, 16)) for ax in fig.axes[:2]] == [(1, 0), (1, 0)]
+    assert _dotted_at(plots.attention_fading_figure(fading, train_lengths={"not/plotted": 64}).axes[0], 64) == 0
+    assert _dotted_at(plots.attention_fading_figure(fading).axes[0], 64) == 0
+
+
+def test_loss_and_retrieval_average_mark_plotted_models_only():
+    from tests.synthetic_runs import loss_rows
+
+    ax = Figure().subplots()
+    plots.position_loss_curves(ax, loss_rows(LONG, train=64, stop=300), train_length={LONG_NAME: 64, "other": 128})
+    assert (_dotted_at(ax, 64), _dotted_at(ax, 128)) == (1, 0)
+    average = pd.DataFrame({"model": [LONG_NAME] * 2, "attention": ["softmax"] * 2, "rope_theta": [1e5] * 2,
+                            "context_length": [64, 128], "accuracy": [1.0, 0.5], "preset_names": ["passkey"] * 2})
+    fig = plots.retrieval_average_figure(average, train_lengths={LONG_NAME: 64, "other": 128})
+    assert (_dotted_at(fig.axes[0], 64), _dotted_at(fig.axes[0], 128)) == (1, 0)

@@ -108,17 +108,27 @@ def test_rolling_windows_when_longer_than_max_length(checkpoint):
     assert rolling(backend(checkpoint, max_length=len(ids)), DOCS[:1])[0] == pytest.approx(full, abs=1e-3)
 
 
-def test_generate_until_is_harness_greedy_decoding_with_the_variant(checkpoint):
-    from lm_eval.api.instance import Instance
+def greedy_by_full_forwards(model, ids, n_new, eos_token_id):
+    """The reference: argmax of a full forward (no cache) over the sequence so far, n_new times or to EOS."""
+    seq = list(ids)
+    with torch.inference_mode():
+        for _ in range(n_new):
+            seq.append(int(model(torch.tensor([seq]), use_cache=False).logits[0, -1].argmax()))
+            if seq[-1] == eos_token_id:
+                break
+    return seq[len(ids):]
 
-    from harness.inference.decode import greedy_answer
+
+def test_generate_until_is_greedy_decoding_with_the_variant(checkpoint):
+    from lm_eval.api.instance import Instance
 
     lm = backend(checkpoint, attention="ssmax(s=0.3)", rope_theta=50.0)
     prompt = "def main(argv):\n"
     [text] = lm.generate_until([Instance("generate_until", {}, (prompt, {"until": ["zzz"], "max_gen_toks": 10}), 0)],
                                disable_tqdm=True)
     ids = lm.tokenizer(prompt)["input_ids"]
-    tokens = greedy_answer(lm.model, ids, 10, eos_token_id=lm.tokenizer.eos_token_id)
+    tokens = greedy_by_full_forwards(lm.model, ids, 10, lm.tokenizer.eos_token_id)
+    assert len(tokens) == 10
     assert text == lm.tokenizer.decode(tokens, skip_special_tokens=True)
     # transformers' generate with the "lch" attention implementation agrees (batch of one, no padding)
     with torch.inference_mode():

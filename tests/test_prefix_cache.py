@@ -153,7 +153,8 @@ def test_a_cache_that_cannot_crop_falls_back_to_per_prompt_prefill(monkeypatch):
 
 # ------------------------------------------------------------------------------ tasks on the reference pair
 
-GRID = {"lengths": "256,384", "depths": "0,0.25,0.5,0.75,1", "trials": 2}
+GRID = {"lengths": "256,384", "depths": "0,1", "trials": 2}  # 2 groups (trials) of 2 lengths x 2 depths per model
+CELLS = 2 * 2 * 2
 TASKS = {  # task -> (extra params, table, columns within TOL, columns that must be equal)
     "needle": ({}, "needle", ["answer_nll"], ["prediction", "correct", "first_digit_correct", "generated"]),
     "niah_multikey_1": ({}, "retrieval", ["answer_nll"], ["prediction", "correct", "recall", "first_token_correct"]),
@@ -177,7 +178,7 @@ def test_reference_pair_tables_equal_with_and_without_prefix_cache(task, tmp_pat
     (on, on_manifest), (off, off_manifest) = (_run(task, extra, flag, tmp_path) for flag in ("true", "false"))
     keys = ["model", "context_length", "depth", "trial"] + (["layer", "head"] if task == "attention_probe" else [])
     a, b = (t[table].sort_values(keys).reset_index(drop=True) for t in (on, off))
-    assert len(a) == len(b) == 2 * 2 * 5 * 2 * (16 if task == "attention_probe" else 1)  # 4 layers x 4 heads
+    assert len(a) == len(b) == 2 * CELLS * (16 if task == "attention_probe" else 1)  # 2 models; 4 layers x 4 heads
     pd.testing.assert_frame_equal(a[keys + equal], b[keys + equal])
     for col in close:
         assert (a[col] - b[col]).abs().max() < TOL, col
@@ -186,9 +187,9 @@ def test_reference_pair_tables_equal_with_and_without_prefix_cache(task, tmp_pat
                   for t in (on, off))
         assert (fa["max_weight"] - fb["max_weight"]).abs().max() < TOL
         assert (fa["entropy"] - fb["entropy"]).abs().max() < TOL
-    for model in on_manifest["models"]:  # 2 groups (trials) of 2 lengths x 5 depths per model: 1 fresh prefill, 9 shared
+    for model in on_manifest["models"]:  # each group: 1 fresh prefill, the other 3 cells shared
         assert model["prefix_cache"]["mode"] == "used"
-        assert model["prefix_cache"]["shared_cells"] == 18 and model["prefix_cache"]["fresh_cells"] == 2
+        assert model["prefix_cache"]["shared_cells"] == CELLS - 2 and model["prefix_cache"]["fresh_cells"] == 2
         assert model["prefix_cache"]["reused_tokens"] > 0
     assert all(m["prefix_cache"]["mode"] == "off" for m in off_manifest["models"])
     cells = on["cells"]

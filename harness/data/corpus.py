@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import sysconfig
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,47 @@ def _stdlib_corpus(split: str) -> Corpus:
 STRUCTURED = (".jsonl", ".parquet")  # one document per record; every other file is one document of UTF-8 text
 
 
+def _decode(data: bytes) -> str:
+    """UTF-8 text of a file's bytes; UnicodeDecodeError when binary (a NUL byte) or not UTF-8."""
+    if b"\0" in data:
+        raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+    return data.decode("utf-8")
+
+
 def _text_of(path: Path, spec: str) -> str:
     """A file's UTF-8 text, or UserError naming the file when it is binary or not UTF-8."""
-    data = path.read_bytes()
     try:
-        if b"\0" in data:
-            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
-        return data.decode("utf-8")
+        return _decode(path.read_bytes())
     except UnicodeDecodeError as e:
         raise UserError(f"corpus file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
                         f"corpus {spec!r} takes text files (any suffix), .jsonl or .parquet") from None
+
+
+def _is_skipped_dir(part: str) -> bool:
+    return part.startswith(".") or part == "__pycache__"
+
+
+def _folder_documents(path: Path, spec: str) -> tuple[Document, ...]:
+    """Text files under a folder, sorted; hidden and cache folders/files and binary files skipped with one warning."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise UserError(f"corpus folder {spec!r} has no files")
+    docs, hidden, binary = [], 0, 0
+    for p in files:
+        if any(_is_skipped_dir(part) for part in p.relative_to(path).parts):
+            hidden += 1
+            continue
+        try:
+            text = _decode(p.read_bytes())
+        except UnicodeDecodeError:
+            binary += 1
+            continue
+        if text.strip():
+            docs.append(Document(p.relative_to(path).as_posix(), text))
+    if hidden or binary:
+        warnings.warn(f"corpus folder {spec!r}: skipped {hidden + binary} file(s) ({hidden} hidden or in __pycache__, "
+                      f"{binary} binary or not UTF-8); kept {len(docs)} text file(s)", stacklevel=4)
+    return tuple(docs)
 
 
 def _local_documents(spec: str) -> tuple[Document, ...]:
@@ -136,12 +168,7 @@ def _local_documents(spec: str) -> tuple[Document, ...]:
     if not path.exists():
         raise UserError(f"corpus path {spec!r} does not exist; use builtin:stdlib, a file/folder path or hf:NAME")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not files:
-            raise UserError(f"corpus folder {spec!r} has no files")
-        docs = (Document(p.relative_to(path).as_posix(), _text_of(p, spec)) for p in files)
-        return tuple(d for d in docs if d.text.strip())
+        return _folder_documents(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl_documents(path)

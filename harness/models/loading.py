@@ -95,7 +95,21 @@ def _load_weights(path: Path, config, info: ModelInfo, allow_pickle: bool, trust
     except Exception as e:  # safetensors' SafetensorError is not an OSError
         if type(e).__name__ != "SafetensorError":
             raise
-        raise UserError(f"weights of {info.name!r} ({path}) are damaged: {str(e).splitlines()[0]}") from None
+        where = _damaged_file(path) or path
+        raise UserError(f"weights of {info.name!r} are damaged: {str(where)!r}: {str(e).splitlines()[0]}") from None
+
+
+def _damaged_file(path: Path) -> Path | None:
+    """The first safetensors file under a checkpoint whose header does not open (the error itself names none)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception:  # SafetensorError and OSError alike: this is the file
+            return file
+    return None
 
 
 def _load_tokenizer(path: Path, trust_remote_code: bool):

@@ -19,9 +19,14 @@ def legend_with_shared(ax, shared: str, width_in: float = 3.5, **kwargs):
     return ax.legend(fontsize=8, title=title, title_fontsize=8, **kwargs)
 
 
-def training_length_lines(ax, train_length) -> None:
-    """A dotted vertical line at each distinct training length (an int, a {model: length} dict, or None)."""
-    lengths = train_length.values() if isinstance(train_length, dict) else [train_length]
+def training_length_lines(ax, train_length, models=None) -> None:
+    """A dotted vertical line at each distinct training length (an int, a {model: length} dict, or None);
+    with `models` (the plotted model names), only the lengths of those models of a dict."""
+    if isinstance(train_length, dict):
+        plotted = None if models is None else {str(m) for m in models}
+        lengths = [n for m, n in train_length.items() if plotted is None or str(m) in plotted]
+    else:
+        lengths = [train_length]
     for length in sorted({int(n) for n in lengths if n}):
         ax.axvline(length, color="black", linestyle=":", linewidth=1.2, label=f"training length ({length} tokens)")
 
@@ -43,7 +48,7 @@ def position_loss_curves(ax, df, *, train_length=None, per_octave: int = 4):
         # x = geometric middle of [start, end - 1], the positions the bucket averages
         x = np.sqrt(part["bucket_start"].to_numpy(float) * np.maximum(part["bucket_end"].to_numpy(float) - 1, 1))
         ax.plot(x, part["mean_nll"].to_numpy(float), marker=".", linewidth=1.5, label=label)
-    training_length_lines(ax, train_length)
+    training_length_lines(ax, train_length, df["model"].unique() if "model" in df.columns else None)
     ax.set_xscale("log")
     ax.set_xlabel("position of the predicted token (tokens)")
     ax.set_ylabel("test loss (nats / token)")
@@ -68,7 +73,7 @@ def retrieval_average_figure(average, *, train_lengths=None, value: str = "accur
             part = part.sort_values(CONTEXT_LENGTH)
             ax.plot(part[CONTEXT_LENGTH].to_numpy(float), part[column].to_numpy(float), marker="o", linewidth=1.5,
                     label=name)
-        training_length_lines(ax, train_lengths)
+        training_length_lines(ax, train_lengths, average["model"].unique() if "model" in average.columns else None)
         ax.set_xscale("log", base=2)
         lengths = sorted({int(n) for n in average[CONTEXT_LENGTH]})
         ax.set_xticks(lengths, [str(n) for n in lengths], fontsize=8)

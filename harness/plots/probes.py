@@ -82,7 +82,7 @@ def attention_fading_curves(ax, df, *, value: str = "max_weight", band=(0.25, 0.
         ref = 1.0 / ns if value == "max_weight" else np.log(ns)
         ax.plot(ns, ref, color="black", linestyle=":", linewidth=1,
                 label="uniform (1/n)" if value == "max_weight" else "uniform (ln n)")
-    training_length_lines(ax, train_length)
+    training_length_lines(ax, train_length, df["model"].unique() if "model" in df.columns else None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("keys visible to the query row (n)")
     names_of = {"max_weight": "largest attention weight", "entropy": "attention entropy (nats)"}

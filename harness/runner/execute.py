@@ -115,11 +115,8 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> 
 
     pending = [c for c in cells if rundir.load_cell(plan.cell_path(c), c.key) is None]
     total_cost = sum(c.cost for c in cells)
-    bar = tqdm(total=total_cost, initial=total_cost - sum(c.cost for c in pending), disable=not progress,
-               desc=plan.task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
     done = len(cells) - len(pending)
-    bar.set_postfix_str(f"{done}/{len(cells)} cells")
+    bar = None  # drawn once the first weights have loaded: a loading error is not preceded by a "0/N cells" bar
     try:
         for m, request in enumerate(plan.requests):
             todo = [c for c in pending if c.model_index == m]
@@ -128,6 +125,11 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> 
             # the plan's description, on this process's device (cuda:LOCAL_RANK under torchrun)
             loaded = loading.load_described(dataclasses.replace(plan.infos[m], device=device))
             state = plan.task.prepare(plan.params, loaded)
+            if bar is None:
+                bar = tqdm(total=total_cost, initial=total_cost - sum(c.cost for c in pending), disable=not progress,
+                           desc=plan.task.name, unit="cost", file=sys.stderr, dynamic_ncols=True,
+                           bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+                bar.set_postfix_str(f"{done}/{len(cells)} cells")
             for cell in todo:
                 if stop.is_set():
                     break
@@ -138,7 +140,8 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> 
             del loaded, state
             _free_memory()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _run_cell(task, params, loaded, state, cell: Cell) -> dict:
