@@ -309,5 +309,3 @@ def _interrupted():
 
 from harness.cli.lmeval import register as _register_lm_eval; _register_lm_eval(app)  # noqa: E402  (`lch lm-eval`)
 
-if __name__ == "__main__":
-    app()
