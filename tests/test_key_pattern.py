@@ -119,3 +119,17 @@ def test_no_q_by_kv_mask_is_built_for_prefill_suffix_or_decode(family, overrides
         model(ids[:, 40:59], past_key_values=cache, use_cache=True)
         model(ids[:, 59:], past_key_values=cache, use_cache=True)
     assert reset_attention_paths(), "no attention call was counted"
+
+
+def test_long_context_bench_measures_the_paths_it_names():
+    """`lch bench long_context` at toy size: each case runs in its own process on the kernels it claims."""
+    from harness.benchmarks.long_context import _measure
+
+    shared = _measure(family="llama", impl="lch", mode="shared", length=256)
+    window = _measure(family="mistral", impl="lch", mode="prefill", length=256, window=64)
+    capped = _measure(family="gemma2", impl="lch", mode="prefill", length=128, softcap=50.0)
+    assert shared["status"] == window["status"] == capped["status"] == "ok", (shared, window, capped)
+    assert shared["paths"] == {"sdpa_causal": 4, "split_lse": 4}
+    assert window["paths"] == {"window_blocks": 4}
+    assert capped["paths"] == {"materialised_softcap": 4}
+    assert shared["forward_mib"] >= 0 and window["seconds"] > 0
