@@ -81,7 +81,9 @@ class Probe:
             raise KeyError(f"no statistic {name!r}; captured: {', '.join(self.reducers)}")
         if not self.stats:
             raise RuntimeError("nothing was captured: no forward pass ran inside the capture block")
-        return torch.stack([self.stats[layer][name] for layer in sorted(self.stats)])
+        layers = [self.stats[layer][name] for layer in sorted(self.stats)]
+        # under --device-map layers sit on different devices: gather on the first layer's before stacking
+        return torch.stack([t.to(layers[0].device) for t in layers])
 
     def missing_rows(self) -> list[int]:
         """Rows no forward pass reached (their statistics are NaN)."""

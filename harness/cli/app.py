@@ -148,14 +148,17 @@ def run(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="run name (default: task + hash of the configuration)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:<index>")] = "auto",
-    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: spread one model too large for a GPU over all GPUs (needs accelerate)")] = None,
-    dtype: Annotated[Optional[DType], typer.Option(help="weights dtype (default float32)")] = None,
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: spread one model too large for a GPU over all GPUs (needs accelerate); tp: not supported yet")] = None,
+    dtype: Annotated[Optional[DType], typer.Option(help="weights dtype (default: float32 on CPU, the checkpoint's bf16/fp16 on CUDA)")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     include: Annotated[Optional[list[str]], typer.Option("--include", help="a task file (.py) to register before running (repeatable)")] = None,
 ):
     """Run TASK on one or more models; rerunning the same command resumes."""
+    from harness.models.devices import set_allocator_default
+
+    set_allocator_default()  # expandable segments, before anything initialises CUDA
     from harness.cli.run_config import parse_overrides, parse_rope_bases, read_run_config
     from harness.runner import ModelRequest, RunInterrupted, run_task
     from harness.task import include as include_file

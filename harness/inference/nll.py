@@ -22,7 +22,7 @@ cross-entropy's passes near the cache (head + CE over 16k positions on 2 CPU thr
 def per_position_nll(
     model, input_ids, *, chunk: int = HEAD_CHUNK, prefill_chunk: int | None = None
 ) -> torch.Tensor:
-    """NLL (fp32, on CPU) of every next token of one sequence: [L-1], entry i is -log p(x[i+1] | x[:i+1])."""
+    """NLL (fp32, returned on CPU after one copy) of every next token of one sequence: [L-1], entry i is -log p(x[i+1] | x[:i+1])."""
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 2:
         if ids.shape[0] != 1:
@@ -38,10 +38,10 @@ def per_position_nll(
     body = model.get_decoder()
     head = model.get_output_embeddings()
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    device = next(model.parameters()).device
+    device = body.get_input_embeddings().weight.device  # inputs go where the embeddings are
     ids = ids.to(device=device, dtype=torch.long)[None]  # [1, L]
     length = ids.shape[1]
-    out = torch.empty(length - 1, dtype=torch.float32)
+    parts: list[torch.Tensor] = []  # fp32 NLL chunks on the head's device; one host copy at the end
 
     def score(hidden: torch.Tensor, start: int) -> None:
         # hidden: [1, T, d] for positions start .. start+T-1; position p predicts token p+1
@@ -51,8 +51,9 @@ def per_position_nll(
             logits = head(hidden[0, s - start : e - start])  # [c, V] in the model's dtype
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            nll = F.cross_entropy(logits.float(), ids[0, s + 1 : e + 1], reduction="none")
-            out[s:e] = nll.cpu()
+            # under --device-map the head may sit on another device than the embeddings: targets follow the logits
+            target = ids[0, s + 1 : e + 1].to(logits.device, non_blocking=True)
+            parts.append(F.cross_entropy(logits.float(), target, reduction="none"))
 
     with torch.inference_mode():
         if not prefill_chunk or prefill_chunk >= length:
@@ -73,4 +74,4 @@ def per_position_nll(
                 ).last_hidden_state
                 score(hidden, s)
                 del hidden
-    return out
+    return torch.cat(parts).cpu()

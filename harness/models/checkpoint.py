@@ -215,10 +215,11 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
     layer type (keys as in ModelInfo.rope_bases). Every load choice (device, dtype, pickle, remote code,
     device map) is resolved here, once; loading reads it from the ModelInfo.
     """
-    from harness.models import families
+    from harness.models import devices, families
 
     if device_map is not None:
         check_device_map(device_map)
+    device = resolve_device(device)
 
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
@@ -238,6 +239,9 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
         length, source = int(training_length), "argument"
     else:
         length, source = families.context_length(config)
+    cuda = devices.on_cuda(device, device_map)
+    dtype = _dtype_name(dtype, config) if dtype is not None else devices.default_dtype(config, cuda)
+    devices.check_serving(device, dtype, device_map)
     bases = families.rope_bases(config)
     if rope_theta is not None or rope_bases:
         bases = families.set_rope_theta(copy.deepcopy(config), rope_theta, per_type=rope_bases)
@@ -247,7 +251,7 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
         training_length=length, training_length_source=source,
         architecture=families.architecture_name(config),
         num_layers=int(config.get("num_hidden_layers", 0)), num_heads=int(config.get("num_attention_heads", 0)),
-        checkpoint_attention=trained_with, dtype=_dtype_name(dtype, config), device=resolve_device(device),
+        checkpoint_attention=trained_with, dtype=dtype, device=device,
         rope_bases=tuple(bases.items()), rope_overrides=tuple(sorted((rope_bases or {}).items())),
         allow_pickle=bool(allow_pickle), trust_remote_code=bool(trust_remote_code), device_map=device_map,
     )
@@ -262,21 +266,23 @@ def _full_context_base(bases: dict[str, float | None]) -> float | None:
     return float(max(present)) if present else None
 
 
-def _dtype_name(dtype: str | None, config: dict[str, Any]) -> str:
-    if dtype is None:
-        return "float32"
+def _dtype_name(dtype: str, config: dict[str, Any]) -> str:
+    from harness.models.devices import checkpoint_dtype
+
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    if dtype == "auto":
-        return str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
-    return dtype
+    return checkpoint_dtype(config) if dtype == "auto" else dtype
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def check_device_map(device_map: str) -> None:
-    """Refuse an unknown device_map, or one given without accelerate installed."""
+    """Refuse an unknown or unsupported device_map, or one given without accelerate installed."""
+    from harness.models.devices import UNSUPPORTED_MAPS
+
+    if device_map in UNSUPPORTED_MAPS:
+        raise UserError(UNSUPPORTED_MAPS[device_map])
     if device_map not in DEVICE_MAPS:
         raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
     try:

@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from harness.models.devices import placement
 from harness.models.checkpoint import LoadedModel, ModelInfo, describe_model, fingerprint, weight_files
 from harness.errors import UserError
 
@@ -53,8 +54,8 @@ def load_described(info: ModelInfo) -> LoadedModel:
         changed = {kind: base for kind, base in info.rope_bases if base is not None and current.get(kind) != base}
         if changed:
             families.set_rope_theta(config, per_type=changed)
-        placement = {"device_map": device_map} if device_map is not None else {}
-        model = _load_weights(path, config, info, allow_pickle, trust_remote_code, placement)
+        # weights straight onto their device (a CUDA model never exists on the host first)
+        model = _load_weights(path, config, info, allow_pickle, trust_remote_code, placement(info.device, device_map))
         tokenizer = _load_tokenizer(path, trust_remote_code)
     finally:
         hf_logging.set_verbosity(level)
@@ -62,7 +63,7 @@ def load_described(info: ModelInfo) -> LoadedModel:
         load_ssmax_parameters(model, path)
     apply_attention(model, info.spec, info.training_length)
     if device_map is None:
-        model.to(info.device)
+        model.to(info.device)  # a no-op for the weights; anything added on the host (none today) follows
     else:  # accelerate placed the layers; inputs go where the embeddings are
         info = replace(info, device=str(model.device))
     model.eval()

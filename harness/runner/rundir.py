@@ -115,6 +115,8 @@ def set_aside_damaged_cells(plan) -> int:
 
 def new_manifest(plan, previous: dict) -> dict:
     """The manifest of a run starting now (cells_done filled in by `assemble`)."""
+    from harness.models.devices import runtime
+
     return {
         "schema_version": SCHEMA_VERSION, "task": plan.task.name, "params": params_to_dict(plan.params),
         "models": [i.as_dict() for i in plan.infos], "corpus_fingerprint": plan.corpus_fingerprint,
@@ -122,6 +124,7 @@ def new_manifest(plan, previous: dict) -> dict:
         "dtype": plan.infos[0].dtype, "first_started_at": previous.get("first_started_at") or now(),
         "started_at": now(), "finished_at": None, "status": "running",
         "cells_total": len(plan.cells), "cells_done": None, "command": sys.argv,
+        **runtime(),  # cuda_alloc_conf (the allocator setting in force) and device names
     }
 
 
