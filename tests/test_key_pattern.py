@@ -11,6 +11,7 @@ import transformers.masking_utils as masking
 from harness.attention import apply_attention
 from harness.attention.key_pattern import KeyPattern, causal_after, pattern_attention, pattern_mask
 from harness.attention.variants import reset_attention_paths
+from harness.inference.decode import cache_kwarg
 from tests.tiny import build_model
 
 TOL = 1e-5
@@ -113,11 +114,12 @@ def test_no_q_by_kv_mask_is_built_for_prefill_suffix_or_decode(family, overrides
     monkeypatch.setattr(masking, "sdpa_mask", refuse)
     ids = torch.randint(1, 300, (1, 60), generator=torch.Generator().manual_seed(1))
     reset_attention_paths()
+    kw = cache_kwarg(model.forward)
     with torch.inference_mode():
         cache = DynamicCache()
-        model(ids[:, :40], past_key_values=cache, use_cache=True)
-        model(ids[:, 40:59], past_key_values=cache, use_cache=True)
-        model(ids[:, 59:], past_key_values=cache, use_cache=True)
+        model(ids[:, :40], **{kw: cache}, use_cache=True)
+        model(ids[:, 40:59], **{kw: cache}, use_cache=True)
+        model(ids[:, 59:], **{kw: cache}, use_cache=True)
     assert reset_attention_paths(), "no attention call was counted"
 
 

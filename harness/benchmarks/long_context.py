@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 import harness.attention  # registers "lch"
 from harness.attention import apply_attention
 from harness.attention.variants import reset_attention_paths
-from harness.inference.decode import crop_to
+from harness.inference.decode import cache_kwarg, crop_to
 
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
@@ -40,6 +40,7 @@ else:
     model.set_attn_implementation("sdpa")
 ids = torch.randint(0, 2048, (1, cfg["length"]), generator=torch.Generator().manual_seed(1))
 L = cfg["length"]
+kw = cache_kwarg(model.model.forward)
 with torch.inference_mode():
     model.model(ids[:, :128])  # warm-up
     base = current_rss_mib()
@@ -47,12 +48,12 @@ with torch.inference_mode():
     start = time.perf_counter()
     if cfg["mode"] == "prefill":
         for _ in range(cfg["prompts"]):
-            model.model(ids, past_key_values=DynamicCache(), use_cache=True)
+            model.model(ids, **{kw: DynamicCache()}, use_cache=True)
     else:  # shared: the first prompt in full, the next after half of it (the cache cropped to the shared prefix)
         cache = DynamicCache()
-        model.model(ids, past_key_values=cache, use_cache=True)
+        model.model(ids, **{kw: cache}, use_cache=True)
         crop_to(cache, L // 2)
-        model.model(ids[:, L // 2:], past_key_values=cache, use_cache=True)
+        model.model(ids[:, L // 2:], **{kw: cache}, use_cache=True)
     seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "forward_mib": peak_rss_mib() - base,
                   "paths": reset_attention_paths()}))
