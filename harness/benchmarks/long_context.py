@@ -26,7 +26,7 @@ from harness.inference.decode import cache_kwarg, crop_to
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 torch.manual_seed(0)
-extra = {"sliding_window": cfg["window"]} if cfg.get("window") else {}
+extra = {"sliding_window": cfg["window"]} if cfg["family"] == "mistral" else {}  # None: no window (not 4096)
 if cfg["family"] == "gemma2":
     extra.update(attn_logit_softcapping=cfg.get("softcap"), final_logit_softcapping=None, query_pre_attn_scalar=64,
                  sliding_window=cfg.get("window") or cfg["length"], layer_types=["full_attention"] * 4)
