@@ -22,6 +22,7 @@ from evals._ruler_score import METRICS
 from harness.errors import UserError
 from harness.data.filler import filler_fingerprint
 from harness.data.prompts import TEMPLATES, prompt_frame
+from harness.results.paired import prompt_fingerprint
 from harness.results.tables import effective_lengths, model_columns
 from harness.task import Task, register_task
 
@@ -92,6 +93,13 @@ BUDGET = {"vt": 30, "cwe": 120, "fwe": 50, "qa_1": 32, "qa_2": 32}
 """RULER's tokens_to_generate per task."""
 
 
+def prompt_record(p: RulerPrompt, task: str, trial: int) -> dict:
+    """One prompts.jsonl row of a RULER prompt (without the model columns the runner adds)."""
+    return {"task": task, "context_length": p.context_length, "trial": trial, "input_ids": list(p.input_ids),
+            "references": list(p.references), "evidence_spans": [list(s) for s in p.evidence],
+            "answer_ids": list(p.answer_ids)}
+
+
 class RulerTask(Task):
     """Shared machinery of the RULER tasks: cells, decoding, scoring, summary."""
 
@@ -149,12 +157,11 @@ class RulerTask(Task):
         row = {"context_length": p.context_length, "trial": int(cell["trial"]), "task": self.name,
                "answer": "; ".join(p.references), "prediction": clean.strip(), "ruler_score": ruler_score,
                "correct": ruler_score == 1.0, "answer_nll": nll, "prompt_tokens": len(p.input_ids),
-               "padding": p.padding, "generated": tok.decode(generated), "seconds": time.perf_counter() - t0}
+               "padding": p.padding, "generated": tok.decode(generated), "seconds": time.perf_counter() - t0,
+               "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids)}
         out = {"ruler": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated)}}
         if params.save_prompts:
-            out["prompts"] = [{"task": self.name, "context_length": p.context_length, "trial": int(cell["trial"]),
-                               "input_ids": list(p.input_ids), "references": list(p.references),
-                               "evidence_spans": [list(s) for s in p.evidence], "answer_ids": list(p.answer_ids)}]
+            out["prompts"] = [prompt_record(p, self.name, int(cell["trial"]))]
         return out
 
     def summarize(self, tables: dict, params) -> dict:
@@ -351,4 +358,4 @@ def load_qa(path: str, style: str, task: str) -> QaData:
 
 TASKS = ("vt", "cwe", "fwe", "qa_1", "qa_2")
 """RULER's non-needle tasks, as RULER names them."""
-__all__ = ["TASKS", "RulerTask", "load_qa", *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]
+__all__ = ["BUDGET", "TASKS", "RulerTask", "load_qa", "prompt_record", *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]

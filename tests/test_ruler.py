@@ -266,3 +266,49 @@ def test_chat_template_puts_the_answer_prefix_in_the_assistant_turn(name, data):
     text = chat.decode(list(p.input_ids))
     assert len(p.input_ids) == params.lengths[0] and "<|user|>\n" in text
     assert re.search(r"<\|end\|>\n<\|assistant\|>\nAnswer:[^\n]*$", text), text[-200:]
+
+
+# ------------------------------------------------------------------- attention_probe -T prompts=<RULER task>
+
+
+@pytest.mark.parametrize("name", sorted(READ))
+def test_probe_target_of_a_ruler_prompt_is_its_evidence_and_first_reference(name, tok, data):
+    """The probe's prompt is the task's own; the needle span is evidence holding the first reference, content only;
+    the answer span is that reference's tokens; a copier of answer_ids scores 1 under RULER's scorer."""
+    from evals._probe_targets import target
+
+    probe, task = get_task("attention_probe"), get_task(name)
+    length = int(LENGTHS[name].split(",")[0])
+    extra = {"data": str(data / ("squad.jsonl" if name == "qa_1" else "hotpot.json"))} if name.startswith("qa") else {}
+    params = parse_task_params(probe, {"prompts": name, "lengths": str(length), "trials": 1, **extra})
+    assert [c["depth"] for c in probe.cells(params)] == [0.5]  # no depth: one nominal cell per length and trial
+    state = probe.prepare(params, _loaded(None, tok))
+    t = target(state.task, state.params, tok, state.state, length, 0.5, 0)
+    p = task.prompt(_params(name, data, lengths=str(length), trials=1), tok, state.state, length, 0)
+    assert t.input_ids == p.input_ids and t.answer_ids == p.answer_ids and t.depth == 0.5
+    s, e = t.needle_span
+    assert any(a <= s < e <= b for a, b in p.evidence)
+    needle = tok.decode(list(p.input_ids[s:e]))
+    assert p.references[0] in needle and tok.decode([p.input_ids[s]]).strip() and tok.decode([p.input_ids[e - 1]]).strip()
+    a, b = t.answer_digit_span
+    assert tok.decode(list(p.answer_ids[a:b])).strip() == p.references[0]
+    assert t.score(list(p.answer_ids), "")["ruler_score"] == 1.0 and t.score([], "")["ruler_score"] == 0.0
+    assert state.params.max_new_tokens >= 30
+
+
+def test_probe_runs_on_vt_prompts_through_the_runner(tiny_checkpoint, tmp_path):
+    from harness.results import load
+    from harness.runner import run_task
+
+    run = run_task("attention_probe", [str(tiny_checkpoint())],
+                   {"prompts": "vt", "lengths": "420,520", "depths": "0,1", "trials": 1, "save_prompts": True},
+                   out_root=tmp_path, progress=False)
+    tables = load(run)
+    scores = tables["needle_score"]
+    assert len(scores) == 2 * 2 * 4 and (scores["depth"] == 0.5).all()  # 2 lengths x 1 trial x layers x heads
+    assert {"ruler_score", "correct", "needle_score"} <= set(scores.columns) and scores["needle_score"].between(0, 1).all()
+    saved = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+    assert sorted(r["context_length"] for r in saved) == [420, 520] and all(r["task"] == "vt" for r in saved)
+    for rec in saved:
+        starts = scores.loc[scores["context_length"] == rec["context_length"], "needle_start"]
+        assert starts.nunique() == 1 and rec["evidence_spans"][0][0] <= starts.iloc[0] < rec["evidence_spans"][0][1]
