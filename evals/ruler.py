@@ -17,13 +17,14 @@ from pathlib import Path
 
 from evals._ruler_build import (QaData, RulerPrompt, cwe_prompt, fwe_prompt, noise_frame, qa_prompt, vt_prompt,
                                 word_pool)
+from evals._prompted import length_summary, validate_decoding, validate_lengths, write_prompts_jsonl
 from evals._retrieval_prompts import _positive_int
 from evals._ruler_score import METRICS
 from harness.errors import UserError
 from harness.data.filler import filler_fingerprint
-from harness.data.prompts import TEMPLATES, prompt_frame
+from harness.data.prompts import prompt_frame
 from harness.results.paired import prompt_fingerprint
-from harness.results.tables import effective_lengths, model_columns
+from harness.results.tables import model_columns
 from harness.task import Task, register_task
 
 
@@ -109,18 +110,8 @@ class RulerTask(Task):
 
     def validate(self, params) -> None:
         """One clear line per bad parameter (budgets per tokenizer are checked in `prepare`)."""
-        if not params.lengths:
-            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
-        for length in params.lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
-        _positive_int("trials", params.trials)
-        if params.template not in TEMPLATES:
-            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
-        if not 0.0 <= params.threshold <= 1.0:
-            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+        validate_lengths(params)
+        validate_decoding(params)
 
     def data_fingerprint(self, params) -> str:
         """RULER's noise text (the padding) names the data of the synthetic tasks."""
@@ -165,22 +156,40 @@ class RulerTask(Task):
         return out
 
     def summarize(self, tables: dict, params) -> dict:
-        """ruler_summary per (model, attention, theta, task, length) and ruler_effective_length."""
+        """ruler_summary per (model, attention, theta, task, length): RULER score with its 95% t interval over trials
+        (score_low, score_high), accuracy (acc_low, acc_high, n_eff), answer NLL (nll_low, nll_high); and
+        ruler_effective_length with its resampled 90% interval."""
+        from harness.results.stats import mean_interval
+
         df = tables.get("ruler")
         if df is None or df.empty:
             return {}
         keys = model_columns(df) + ["task"]
-        summary = (df.assign(correct=df["correct"].astype(float))
-                   .groupby(keys + ["context_length"], dropna=False)
-                   .agg(ruler_score=("ruler_score", "mean"), accuracy=("correct", "mean"),
-                        answer_nll=("answer_nll", "mean"), n=("correct", "size"))
-                   .reset_index())
-        return {"ruler_summary": summary, "ruler_effective_length": effective_lengths(summary, keys, params.threshold)}
+        means = {"ruler_score": ("ruler_score", "mean"), "accuracy": ("correct", "mean"),
+                 "answer_nll": ("answer_nll", "mean"), "n": ("correct", "size")}
+        summary, effective = length_summary(df.assign(correct=df["correct"].astype(float)), keys, means,
+                                            params.threshold)
+        bounds = [mean_interval(part["ruler_score"].to_numpy(float), part["trial"].to_numpy())[1:]
+                  for _, part in df.groupby(keys + ["context_length"], dropna=False, sort=True)]
+        summary["score_low"] = [max(0.0, low) if low == low else low for low, _ in bounds]  # a score lies in [0, 1]
+        summary["score_high"] = [min(1.0, high) if high == high else high for _, high in bounds]
+        return {"ruler_summary": summary, "ruler_effective_length": effective}
+
+    def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
+        """ruler_<task>.png per RULER task present: RULER score and answer NLL vs length, one line per model."""
+        from harness.plots import ruler_task_figure, save, training_lengths
+
+        summary = tables.get("ruler_summary")
+        if summary is None or summary.empty or "score_low" not in summary.columns:
+            summary = self.summarize(tables, self.Params()).get("ruler_summary")  # merged or older runs: from the rows
+        if summary is None or summary.empty:
+            return []
+        lengths = training_lengths(manifest) or None
+        return [save(ruler_task_figure(summary, task, train_lengths=lengths), Path(out_dir) / f"ruler_{task}.png")
+                for task in sorted(summary["task"].unique())]
 
     def finalize(self, run_dir: Path, tables: dict, params) -> None:
         """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt."""
-        from evals._prompted import write_prompts_jsonl
-
         df = tables.get("prompts")
         if params.save_prompts and df is not None and not df.empty:
             write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)

@@ -213,6 +213,10 @@ def test_end_to_end_run_and_ruler_average(tiny_checkpoint, tmp_path, data):
     ruler = tables["ruler"]
     assert len(ruler) == 1 and {"ruler_score", "correct", "answer_nll", "task"} <= set(ruler.columns)
     assert "ruler_summary" in tables and "ruler_effective_length" in tables
+    assert {"acc_low", "acc_high", "n_eff", "nll_low", "score_low", "score_high"} <= set(tables["ruler_summary"].columns)
+    assert "effective_length_median" in tables["ruler_effective_length"].columns
+    assert ruler["prompt_fingerprint"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["ruler_vt.png"]
     from harness.report import compare_runs
 
     compare_runs([run], tmp_path / "report")
@@ -312,3 +316,38 @@ def test_probe_runs_on_vt_prompts_through_the_runner(tiny_checkpoint, tmp_path):
     for rec in saved:
         starts = scores.loc[scores["context_length"] == rec["context_length"], "needle_start"]
         assert starts.nunique() == 1 and rec["evidence_spans"][0][0] <= starts.iloc[0] < rec["evidence_spans"][0][1]
+
+
+def test_ruler_summary_intervals_and_the_per_task_figure(tmp_path):
+    from harness.plots import ruler_task_figure
+    from harness.report import caption_for
+
+    rows = pd.DataFrame({"model": "m", "attention": "softmax", "rope_theta": None, "task": "cwe",
+                         "context_length": [256] * 4 + [512] * 4, "trial": [0, 1, 2, 3] * 2,
+                         "ruler_score": [1.0, 0.8, 0.9, 1.0, 0.0, 0.2, 0.1, 0.0], "correct": [1, 0, 0, 1, 0, 0, 0, 0],
+                         "answer_nll": [0.5, 0.7, 0.6, 0.4, 2.0, 2.5, 2.2, 2.1]}).assign(correct=lambda d: d["correct"] == 1)
+    summary = get_task("cwe").summarize({"ruler": rows}, get_task("cwe").Params())["ruler_summary"]
+    assert summary["ruler_score"].tolist() == [pytest.approx(0.925), pytest.approx(0.075)]
+    assert summary["accuracy"].tolist() == [0.5, 0.0] and (summary["acc_low"] <= summary["accuracy"]).all()
+    assert ((summary["score_low"] < summary["ruler_score"]) & (summary["ruler_score"] < summary["score_high"])).all()
+    assert summary["score_high"].max() <= 1.0 and summary["score_low"].min() >= 0.0
+    drawn = get_task("vt").figures({"ruler": rows}, {}, tmp_path)  # one RulerTask.figures draws every task present
+    assert [p.name for p in drawn] == ["ruler_cwe.png"] and drawn[0].is_file()
+    assert caption_for(drawn[0])[0] == "retrieval" and "RULER cwe" in caption_for(drawn[0])[1]
+    fig = ruler_task_figure(summary, "cwe")
+    assert len(fig.axes) == 2 and len(fig.axes[0].collections) == 1  # the score's interval band
+
+
+def test_compare_baseline_pairs_ruler_rows_by_fingerprint():
+    from harness.report.versus import trials_table, versus_tables
+
+    base = pd.DataFrame({"model": "m", "attention": "softmax", "rope_theta": None, "task": "vt", "context_length": 256,
+                         "trial": [0, 1, 2, 3], "correct": [True, True, False, True], "ruler_score": 1.0,
+                         "answer_nll": 0.5, "prompt_fingerprint": ["a", "b", "c", "d"]})
+    other = base.assign(attention="ssmax", correct=[True, False, False, False])
+    table, notes = versus_tables({"ruler": pd.concat([base, other])}, "m|softmax", {})
+    assert table["table"].tolist() == ["ruler"] and table["paired_by"].tolist() == ["fingerprint"] and not notes
+    assert table["diff"].tolist() == [pytest.approx(-0.5)]
+    _, notes = versus_tables({"ruler": pd.concat([base, other.assign(prompt_fingerprint="z")])}, None, {})
+    assert len(notes) == 1 and "not the same tokens" in notes[0]
+    assert trials_table({"ruler": base})["task"].tolist() == ["vt"]
