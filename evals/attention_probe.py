@@ -40,6 +40,8 @@ class ProbeParams(NeedleParams):
     """needle (the needle task's prompts), a retrieval preset (e.g. niah_multikey_1: its prompts, attention on the asked value's tokens; max_new_tokens at least the preset's) or a RULER task (vt, cwe, fwe, qa_1, qa_2: attention on the evidence that holds the first answer; no depth, cells at depth 0.5)."""
     data: str = ""
     """qa_1 / qa_2 prompts: their local question file (JSON, JSONL or parquet)."""
+    icl: bool = True
+    """vt / cwe prompts: with RULER's solved example first (false: without)."""
 
 
 RULER_DEPTH = 0.5
@@ -182,7 +184,7 @@ class AttentionProbeTask(NeedleTask):
 
     Params = ProbeParams
     tables = ("needle_score", "attention_fading", "prompts")
-    added_params = {**NeedleTask.added_params, "prompts": "needle", "data": ""}
+    added_params = {**NeedleTask.added_params, "prompts": "needle", "data": "", "icl": True}
 
     def cells(self, params: ProbeParams) -> list[dict]:
         """The needle grid; a RULER task's prompts have no depth: one cell per (length, trial) at depth 0.5."""

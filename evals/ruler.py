@@ -56,6 +56,8 @@ class VtParams(RulerParams):
     """Chains of assignments in the prompt; the first one is asked, the others are distractors."""
     hops: int = 4
     """Assignments after the value in each chain (the answer names hops + 1 variables)."""
+    icl: bool = True
+    """Put RULER's solved example first (3-letter names, up to 500 tokens with the generation budget); false: none."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class CweParams(RulerParams):
     """Repeats of each common word; 0: RULER's (6 below 4096 tokens, 30 from 4096)."""
     uncommon_repeats: int = 0
     """Repeats of each other word; 0: RULER's (1 below 4096 tokens, 3 from 4096)."""
+    icl: bool = True
+    """Put RULER's solved example first (10 words x 3 and 10 once below 4096 tokens; x 10 and 30 x 3 from 4096)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class VariableTracking(RulerTask):
     """RULER vt: follow a chain of variable assignments hidden among noise lines; name every variable of the value."""
 
     Params = VtParams
+    added_params = {"icl": False}  # runs from before the solved example keep their keys and names
 
     def validate(self, params) -> None:
         super().validate(params)
@@ -208,7 +213,7 @@ class VariableTracking(RulerTask):
 
     def prompt(self, params, tokenizer, state, length, trial) -> RulerPrompt:
         return vt_prompt(tokenizer, state["frame"], length, seed=params.seed, trial=trial, chains=params.chains,
-                         hops=params.hops)
+                         hops=params.hops, icl=params.icl)
 
 
 @register_task("cwe")
@@ -216,6 +221,7 @@ class CommonWords(RulerTask):
     """RULER cwe: a numbered word list; name the 10 words that appear most often."""
 
     Params = CweParams
+    added_params = {"icl": False}  # runs from before the solved example keep their keys and names
 
     def validate(self, params) -> None:
         super().validate(params)
@@ -233,7 +239,8 @@ class CommonWords(RulerTask):
 
     def prompt(self, params, tokenizer, state, length, trial) -> RulerPrompt:
         return cwe_prompt(tokenizer, state["frame"], length, seed=params.seed, trial=trial, common=params.common,
-                          common_repeats=params.common_repeats, uncommon_repeats=params.uncommon_repeats)
+                          common_repeats=params.common_repeats, uncommon_repeats=params.uncommon_repeats,
+                          icl=params.icl)
 
 
 @register_task("fwe")

@@ -16,6 +16,7 @@ from harness.task import get_task
 from tests import tiny
 from tests.tiny import build_tokenizer
 
+ICL = {"vt": "1000,1100", "cwe": "1700,1900"}  # lengths that hold RULER's solved example (the tiny tokenizer is wordy)
 LENGTHS = {"vt": "420,520", "cwe": "900,1100", "fwe": "700,900", "qa_1": "300,420", "qa_2": "420,520"}
 SQUAD = [{"question": f"Which colour is the door of house {n}?", "context": f"House {n} stands on a hill. Its door is {c}.",
           "answers": {"text": [c, f"{c} door"]}} for n, c in zip(range(1, 9), ("red", "blue", "green", "grey", "pink",
@@ -42,7 +43,7 @@ def data(tmp_path_factory):
 
 
 def _params(name, folder, **overrides):
-    base = {"lengths": LENGTHS[name], "trials": 2}
+    base = {"lengths": LENGTHS[name], "trials": 2, **({"icl": "false"} if name in ICL else {})}
     if name == "qa_1":
         base["data"] = str(folder / "squad.jsonl")
     if name == "qa_2":
@@ -58,6 +59,7 @@ def _loaded(model, tok):
 
 
 def read_vt(text):
+    text = text.rsplit("Memorize and track", 1)[-1]  # after the solved example, if any
     value = re.search(r"assigned the value (\d+) in the text above", text).group(1)
     names = {a for a, v in re.findall(r"VAR ([A-Z]+) = (\d+)\n", text) if v == value}
     links = re.findall(r"VAR ([A-Z]+) = VAR ([A-Z]+)\n", text)
@@ -70,6 +72,7 @@ def read_vt(text):
 
 
 def read_cwe(text):
+    text = text.rsplit("Below is a numbered list", 1)[-1]  # after the solved example, if any
     body = text.split("appear most often.\n", 1)[1].split("\nQuestion:", 1)[0]
     entries = re.findall(r"(\d+)\. ([a-z]+)", body)
     assert [int(i) for i, _ in entries] == list(range(1, len(entries) + 1))
@@ -207,7 +210,7 @@ def test_end_to_end_run_and_ruler_average(tiny_checkpoint, tmp_path, data):
     from harness.results.tables import ruler_average
 
     ckpt = tiny_checkpoint()
-    run = run_task("vt", [str(ckpt)], {"lengths": "420", "trials": 1, "max_new_tokens": 2}, out_root=tmp_path,
+    run = run_task("vt", [str(ckpt)], {"lengths": "420", "trials": 1, "max_new_tokens": 2, "icl": "false"}, out_root=tmp_path,
                    name="vt", progress=False)
     tables = load(run)
     ruler = tables["ruler"]
@@ -284,6 +287,7 @@ def test_probe_target_of_a_ruler_prompt_is_its_evidence_and_first_reference(name
     probe, task = get_task("attention_probe"), get_task(name)
     length = int(LENGTHS[name].split(",")[0])
     extra = {"data": str(data / ("squad.jsonl" if name == "qa_1" else "hotpot.json"))} if name.startswith("qa") else {}
+    extra = {**extra, **({"icl": "false"} if name in ICL else {})}
     params = parse_task_params(probe, {"prompts": name, "lengths": str(length), "trials": 1, **extra})
     assert [c["depth"] for c in probe.cells(params)] == [0.5]  # no depth: one nominal cell per length and trial
     state = probe.prepare(params, _loaded(None, tok))
@@ -305,7 +309,8 @@ def test_probe_runs_on_vt_prompts_through_the_runner(tiny_checkpoint, tmp_path):
     from harness.runner import run_task
 
     run = run_task("attention_probe", [str(tiny_checkpoint())],
-                   {"prompts": "vt", "lengths": "420,520", "depths": "0,1", "trials": 1, "save_prompts": True},
+                   {"prompts": "vt", "lengths": "420,520", "depths": "0,1", "trials": 1, "save_prompts": True,
+                    "icl": False},
                    out_root=tmp_path, progress=False)
     tables = load(run)
     scores = tables["needle_score"]
@@ -351,3 +356,34 @@ def test_compare_baseline_pairs_ruler_rows_by_fingerprint():
     _, notes = versus_tables({"ruler": pd.concat([base, other.assign(prompt_fingerprint="z")])}, None, {})
     assert len(notes) == 1 and "not the same tokens" in notes[0]
     assert trials_table({"ruler": base})["task"].tolist() == ["vt"]
+
+
+@pytest.mark.parametrize("name", sorted(ICL))
+def test_solved_example_comes_first_and_lengths_stay_exact(name, tok, data):
+    """RULER's one-shot example (icl, the default) sits between the frame head and the task, answered; the prompt
+    stays token-exact, its answer is recomputed from the text after the example, a copier scores 1, a never-copier 0."""
+    task = get_task(name)
+    params = _params(name, data, icl="true", lengths=ICL[name])
+    assert parse_task_params(task, {}).icl is True
+    loaded = _loaded(Stub(tok, name), tok)
+    state = task.prepare(params, loaded)
+    preamble = "Memorize and track" if name == "vt" else "Below is a numbered list"
+    for length in params.lengths:
+        for trial in range(params.trials):
+            p = task.prompt(params, tok, state, length, trial)
+            text = tok.decode(list(p.input_ids))
+            assert len(p.input_ids) == length and text.count(preamble) == 2 and text.count("Answer:") == 2
+            example = text.split(preamble)[1]
+            assert not set(p.references) & set(re.findall(r"[A-Za-z]+", example))  # the example never holds the answer
+            assert sorted(READ[name](text)) == sorted(p.references)
+            plain = task.prompt(_params(name, data, lengths=ICL[name]), tok, state, length, trial)
+            assert plain.references == p.references and len(p.evidence) == len(plain.evidence)
+    if name == "vt":  # RULER's example: 3-letter names, the chain solved after the answer prefix
+        example = text.split(preamble)[1]
+        assert re.search(r"they are: (?:[A-Z]{3} ){4}[A-Z]{3}\n\n$", example)
+    for wrong, expected in ((False, 1.0), (True, 0.0)):
+        loaded = _loaded(Stub(tok, name, wrong), tok)
+        rows = [r for cell in task.cells(params) for r in task.run_cell(params, loaded, cell, state, 0)["ruler"]]
+        assert [r["ruler_score"] for r in rows] == [expected] * 4
+    with pytest.raises(UserError, match=r"solved example \(-T icl=false leaves it out\)"):
+        task.prepare(_params(name, data, icl="true"), _loaded(None, tok))
