@@ -107,9 +107,12 @@ def solved(preamble: str, context: str, question: str, answer_prefix: str, answe
     return f"{preamble}{context}{question} {answer_prefix} {answer}{gap}"
 
 
-def vt_example(tokenizer: Any, *, seed: int, trial: int, hops: int, avoid: str, generate: int = 30) -> list[int]:
+def vt_example(tokenizer: Any, length: int, *, seed: int, trial: int, hops: int, avoid: str,
+               generate: int = 30) -> list[int]:
     """RULER's solved vt example: one chain of min(hops, 10) hops over 3-letter names among noise lines, as many
-    lines (a multiple of 5) as keep it and the generation budget within EXAMPLE_TOKENS; its value is never `avoid`."""
+    lines (a multiple of 5) as keep it and the generation budget within EXAMPLE_TOKENS (within a quarter of the
+    prompt below 2000 tokens, where RULER has no lengths); its value is never `avoid`."""
+    budget = min(EXAMPLE_TOKENS, length // 4)
     rng = _rng("vt-example", seed, trial, hops)
     hops = min(hops, 10)
     names: list[str] = []
@@ -131,7 +134,7 @@ def vt_example(tokenizer: Any, *, seed: int, trial: int, hops: int, avoid: str, 
                       VT_PREFIX.format(num_v=hops + 1, query=value), " ".join(names), "\n\n")
 
     noises = 0
-    while len(encode(tokenizer, text(noises + 5))) + generate <= EXAMPLE_TOKENS:
+    while len(encode(tokenizer, text(noises + 5))) + generate <= budget:
         noises += 5
     return encode(tokenizer, text(noises))
 
@@ -174,7 +177,7 @@ def vt_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int, 
     """Variable tracking: chains 'VAR A = 12345', 'VAR B = VAR A', ... as lines among noise lines; asked: chain 0;
     with icl, RULER's solved example (vt_example) first."""
     names, values = draw_chains(seed, trial, chains, hops)
-    example = vt_example(tokenizer, seed=seed, trial=trial, hops=hops, avoid=values[0]) if icl else []
+    example = vt_example(tokenizer, length, seed=seed, trial=trial, hops=hops, avoid=values[0]) if icl else []
     rng = _rng("vt-depths", seed, trial, chains, hops)
     inserts = []
     for chain, value in zip(names, values):

@@ -57,7 +57,7 @@ class VtParams(RulerParams):
     hops: int = 4
     """Assignments after the value in each chain (the answer names hops + 1 variables)."""
     icl: bool = True
-    """Put RULER's solved example first (3-letter names, up to 500 tokens with the generation budget); false: none."""
+    """Put RULER's solved example first (3-letter names; up to 500 tokens with the generation budget, a quarter of the prompt below 2000); false: none."""
 
 
 @dataclass(frozen=True)
