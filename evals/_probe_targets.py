@@ -124,7 +124,8 @@ def prompt_source(prompts: str, params):
     if prompts in TASKS:
         task = get_task(prompts)
         shared = {k: getattr(params, k) for k in ("lengths", "trials", "seed", "template")}
-        extra = {"data": params.data} if prompts.startswith("qa") else {"icl": params.icl} if prompts in ("vt", "cwe") else {}
+        extra = ({"data": params.data} if prompts.startswith("qa") else
+                 {"icl": params.icl} if prompts in ("vt", "cwe") else {})
         return task, task.Params(**shared, **extra, max_new_tokens=max(params.max_new_tokens, BUDGET[prompts]))
     family = [n for n in list_tasks() if isinstance(get_task(n), RetrievalTask)]
     if prompts not in family:

@@ -3,9 +3,9 @@
 The prompts are the needle task's prompts for the same parameters (same builder, same seeds), so
 probes explain heatmaps; `-T prompts=<retrieval preset>` probes that preset's prompts instead (the
 needle is then the asked needle's value tokens), `-T prompts=<vt|cwe|fwe|qa_1|qa_2>` a RULER task's (the
-needle is the evidence span holding the first reference; one cell per length and trial at depth 0.5). Per cell: one prefill of the prompt and the
-teacher-forced gold answer under `harness.attention.probe.capture`, which records only the query rows needed
-(memory grows with n, not n^2), then greedy decoding from the same cache (-> `correct`):
+needle is the evidence span holding the first reference; one cell per length and trial at depth 0.5).
+Per cell: one prefill of the prompt and the teacher-forced gold answer under `harness.attention.probe.capture`,
+which records only the query rows needed (memory grows with n, not n^2), then greedy decoding from the same cache (-> `correct`):
 - needle_score(layer, head): attention mass that the rows predicting an answer digit put on the
   needle's number tokens, averaged over those rows;
 - attention_fading: for the query row at n keys (row n - 1), n = 1, 2, 4, ... and the prompt length,

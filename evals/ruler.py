@@ -374,4 +374,5 @@ def load_qa(path: str, style: str, task: str) -> QaData:
 
 TASKS = ("vt", "cwe", "fwe", "qa_1", "qa_2")
 """RULER's non-needle tasks, as RULER names them."""
-__all__ = ["BUDGET", "TASKS", "RulerTask", "load_qa", "prompt_record", *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]
+__all__ = ["BUDGET", "TASKS", "RulerTask", "load_qa", "prompt_record",
+           *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]
