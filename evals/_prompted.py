@@ -80,23 +80,12 @@ class PromptedTask(DepthGrid, Task):
     # ---- shared
     def validate_grid(self, params) -> None:
         """The checks every prompted task makes: lengths, depths, trials, template, max_new_tokens, threshold."""
-        if not params.lengths:
-            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
-        for length in params.lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
+        validate_lengths(params)
         if not params.depths:
             raise UserError("depths is empty; give fractions in [0, 1], e.g. -T depths=0,0.5,1")
         for depth in params.depths:
             check_depth(depth)
-        if isinstance(params.trials, bool) or not isinstance(params.trials, int) or params.trials < 1:
-            raise UserError(f"trials={params.trials!r} is not allowed; use an integer >= 1")
-        if params.template not in TEMPLATES:
-            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
-        if not 0.0 <= params.threshold <= 1.0:
-            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+        validate_decoding(params)
 
     @staticmethod
     def check_corpus_fills(params, extra_tokens: int = 0) -> None:
@@ -144,14 +133,10 @@ class PromptedTask(DepthGrid, Task):
         df = tables.get(self.table)
         if df is None or df.empty:
             return {}
-        keys = model_columns(df) + [k for k in self.summary_keys if k in df.columns]
+        extra = [k for k in self.summary_keys if k in df.columns]
         means = {"accuracy": (CORRECT, "mean"), **{out: (col, "mean") for out, col in self.summary_columns.items()},
                  "answer_nll": (ANSWER_NLL, "mean"), "n": (CORRECT, "size")}
-        summary = df.groupby(keys + [CONTEXT_LENGTH], dropna=False).agg(**means).reset_index()
-        summary = add_intervals(summary, df, keys + [CONTEXT_LENGTH])
-        effective = add_effective_length_intervals(effective_lengths(summary, keys, params.threshold), df, keys,
-                                                   params.threshold)
-        extra = [k for k in self.summary_keys if k in df.columns]
+        summary, effective = length_summary(df, model_columns(df) + extra, means, params.threshold)
         return {f"{self.table}_summary": summary, f"{self.table}_effective_length": effective,
                 f"{self.table}_cells": cell_summary(df, extra)}
 
@@ -160,6 +145,35 @@ class PromptedTask(DepthGrid, Task):
         df = tables.get("prompts")
         if params.save_prompts and df is not None and not df.empty:
             write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
+
+
+def validate_lengths(params) -> None:
+    """lengths are positive integers and trials an integer >= 1 (UserError otherwise)."""
+    if not params.lengths:
+        raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
+    for length in params.lengths:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
+    if isinstance(params.trials, bool) or not isinstance(params.trials, int) or params.trials < 1:
+        raise UserError(f"trials={params.trials!r} is not allowed; use an integer >= 1")
+
+
+def validate_decoding(params) -> None:
+    """template, max_new_tokens and threshold are allowed values (UserError otherwise)."""
+    if params.template not in TEMPLATES:
+        raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
+    if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
+        raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
+    if not 0.0 <= params.threshold <= 1.0:
+        raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+
+
+def length_summary(df, keys: list[str], means: dict, threshold: float):
+    """(summary: `means` per keys + context_length with acc/nll intervals, effective length with its interval)."""
+    summary = df.groupby(keys + [CONTEXT_LENGTH], dropna=False).agg(**means).reset_index()
+    summary = add_intervals(summary, df, keys + [CONTEXT_LENGTH])
+    effective = add_effective_length_intervals(effective_lengths(summary, keys, threshold), df, keys, threshold)
+    return summary, effective
 
 
 def write_prompts_jsonl(path: Path, df) -> Path:
@@ -183,4 +197,5 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
-__all__ = ["PromptState", "PromptedTask", "write_prompts_jsonl"]
+__all__ = ["PromptState", "PromptedTask", "length_summary", "validate_decoding", "validate_lengths",
+           "write_prompts_jsonl"]

@@ -85,7 +85,7 @@ class RetrievalParams:
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     """Depths of the asked key's first needle (0 = haystack start, 1 = right before the question); other needles spread evenly."""
     trials: int = 4
-    """Prompts per (length, depth); trial t has the same keys, values and haystack order at every length and depth."""
+    """Prompts per (length, depth); trial t has the same haystack order everywhere and the same keys and values at every length (and, with wording=lch, every depth; RULER's wording draws them per depth)."""
     seed: int = 0
     """Seed of keys, values, needle order and haystack order (identical for every model)."""
     template: str = "plain"
@@ -141,9 +141,11 @@ class Draw:
         return self.keys[self.queries:]
 
 
-def draw(params: RetrievalParams, trial: int) -> Draw:
-    """Keys, values and the spread of the non-primary needles for (params.seed, trial): any length, any depth."""
-    rng = random.Random(f"lch-retrieval:{params.seed}:{trial}:{params.key_kind}:{params.value_kind}")
+def draw(params: RetrievalParams, trial: int, depth: float = 0.0) -> Draw:
+    """Keys, values and the spread of the non-primary needles for (params.seed, trial), the same at every length;
+    under wording=ruler also per depth (RULER draws every sample afresh), else the same at every depth."""
+    per_depth = f":{float(depth)!r}" if params.wording == "ruler" else ""
+    rng = random.Random(f"lch-retrieval:{params.seed}:{trial}:{params.key_kind}:{params.value_kind}{per_depth}")
     used: set = set()
     n_keys = params.keys
     keys = tuple("pass key" if params.style == "passkey" else draw_item(params.key_kind, rng, used)
@@ -279,7 +281,7 @@ def build_retrieval_prompt(params: RetrievalParams, tokenizer: Any, state: Promp
                            depth: float, trial: int) -> RetrievalPrompt:
     """The prompt of one (length, depth, trial): pure and deterministic in (params, trial, length, depth)."""
     depth = check_depth(depth)
-    d = draw(params, trial)
+    d = draw(params, trial, depth)
     style, vk, wording = params.style, params.value_kind, params.wording
     lead = " " if wording == "ruler" and params.haystack == "corpus" else ""
     inserts, order = [], []

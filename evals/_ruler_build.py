@@ -70,9 +70,10 @@ def _too_short(task: str, length: int, need: int, what: str) -> UserError:
 
 
 def assemble(tokenizer: Any, fr: Frame, length: int, preamble: str, body: Sequence[int], question: str,
-             answer_prefix: str, task: str) -> tuple[list[int], int, int]:
-    """(ids, offset of body in ids, padding): head + preamble + noise padding + body + question + answer prefix."""
-    head = list(fr.frame.head) + encode(tokenizer, preamble)
+             answer_prefix: str, task: str, example: Sequence[int] = ()) -> tuple[list[int], int, int]:
+    """(ids, offset of body in ids, padding): head + solved example + preamble + noise padding + body + question +
+    answer prefix."""
+    head = list(fr.frame.head) + list(example) + encode(tokenizer, preamble)
     suffix = ruler_suffix(fr.frame, tokenizer, question, answer_prefix)
     pad = length - len(head) - len(body) - len(suffix)
     if pad < 0:
@@ -90,10 +91,66 @@ def padding(tokenizer: Any, fr: Frame, n: int) -> list[int]:
     return whole + (newline * rest if len(newline) == 1 else unit[:rest])
 
 
-def fixed_tokens(tokenizer: Any, fr: Frame, preamble: str, question: str, answer_prefix: str) -> int:
+def fixed_tokens(tokenizer: Any, fr: Frame, preamble: str, question: str, answer_prefix: str,
+                 example: Sequence[int] = ()) -> int:
     """Tokens of a prompt outside its context."""
-    return len(fr.frame.head) + len(encode(tokenizer, preamble)) + len(ruler_suffix(fr.frame, tokenizer, question,
-                                                                                      answer_prefix))
+    return len(fr.frame.head) + len(example) + len(encode(tokenizer, preamble)) + len(
+        ruler_suffix(fr.frame, tokenizer, question, answer_prefix))
+
+
+EXAMPLE_TOKENS = 500
+"""RULER sizes vt's solved example to this many tokens, its generation budget included"""
+
+
+def solved(preamble: str, context: str, question: str, answer_prefix: str, answer: str, gap: str) -> str:
+    """A solved example as RULER writes it: the task's template filled in, the answer after the prefix, a gap."""
+    return f"{preamble}{context}{question} {answer_prefix} {answer}{gap}"
+
+
+def vt_example(tokenizer: Any, length: int, *, seed: int, trial: int, hops: int, avoid: str,
+               generate: int = 30) -> list[int]:
+    """RULER's solved vt example: one chain of min(hops, 10) hops over 3-letter names among noise lines, as many
+    lines (a multiple of 5) as keep it and the generation budget within EXAMPLE_TOKENS (within a quarter of the
+    prompt below 2000 tokens, where RULER has no lengths); its value is never `avoid`."""
+    budget = min(EXAMPLE_TOKENS, length // 4)
+    rng = _rng("vt-example", seed, trial, hops)
+    hops = min(hops, 10)
+    names: list[str] = []
+    while len(names) < hops + 1:
+        name = "".join(rng.choices(string.ascii_uppercase, k=3))
+        if name not in names:
+            names.append(name)
+    value = avoid
+    while value == avoid:
+        value = str(rng.randint(10000, 99999))
+    chain = [f"VAR {names[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(names, names[1:])]
+    slots = [rng.random() for _ in chain]
+
+    def text(noises: int) -> str:
+        lines = [NOISE] * noises
+        for j, (line, at) in enumerate(zip(chain, sorted(slots))):  # RULER: sorted positions, chain in order
+            lines.insert(int(at * (noises + 1)) + j, line)
+        return solved(VT_PREAMBLE, "".join(x + "\n" for x in lines), VT_QUESTION.format(query=value),
+                      VT_PREFIX.format(num_v=hops + 1, query=value), " ".join(names), "\n\n")
+
+    noises = 0
+    while len(encode(tokenizer, text(noises + 5))) + generate <= budget:
+        noises += 5
+    return encode(tokenizer, text(noises))
+
+
+def cwe_example(tokenizer: Any, length: int, *, seed: int, trial: int, common: int, avoid: Sequence[str],
+                pool: Sequence[str]) -> list[int]:
+    """RULER's solved cwe example: `common` words x 3 and 10 others once below 4096 tokens (x 10 and 30 others x 3
+    from 4096), numbered and shuffled, then its answer; words outside `avoid` (the prompt's own common words)."""
+    rng = _rng("cwe-example", seed, trial, length >= 4096)
+    others, (cr, ur) = (10, (3, 1)) if length < 4096 else (30, (10, 3))
+    words = rng.sample([w for w in pool if w not in set(avoid)], common + others)
+    listing = words[:common] * cr + words[common:] * ur
+    rng.shuffle(listing)
+    numbered = lambda ws: " ".join(f"{i}. {w}" for i, w in enumerate(ws, 1))  # noqa: E731
+    return encode(tokenizer, solved(CWE_PREAMBLE, numbered(listing), CWE_QUESTION, CWE_PREFIX,
+                                    numbered(words[:common]), "\n"))
 
 
 # ---------------------------------------------------------------------------------------------- vt
@@ -116,9 +173,11 @@ def draw_chains(seed: int, trial: int, chains: int, hops: int) -> tuple[list[lis
 
 
 def vt_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int, chains: int = 1,
-              hops: int = 4) -> RulerPrompt:
-    """Variable tracking: chains 'VAR A = 12345', 'VAR B = VAR A', ... as lines among noise lines; asked: chain 0."""
+              hops: int = 4, icl: bool = False) -> RulerPrompt:
+    """Variable tracking: chains 'VAR A = 12345', 'VAR B = VAR A', ... as lines among noise lines; asked: chain 0;
+    with icl, RULER's solved example (vt_example) first."""
     names, values = draw_chains(seed, trial, chains, hops)
+    example = vt_example(tokenizer, length, seed=seed, trial=trial, hops=hops, avoid=values[0]) if icl else []
     rng = _rng("vt-depths", seed, trial, chains, hops)
     inserts = []
     for chain, value in zip(names, values):
@@ -128,11 +187,12 @@ def vt_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int, 
             inserts.append(Insert(tuple(ids), depth, (("line", 0, len(ids)),)))
     question = VT_QUESTION.format(query=values[0])
     prefix_text = VT_PREFIX.format(num_v=hops + 1, query=values[0])
-    head = list(fr.frame.head) + encode(tokenizer, VT_PREAMBLE)
+    head = list(fr.frame.head) + example + encode(tokenizer, VT_PREAMBLE)
     suffix = ruler_suffix(fr.frame, tokenizer, question, prefix_text)
     fixed = len(head) + sum(len(i.ids) for i in inserts) + len(suffix)
     if fixed > length:
-        raise _too_short("vt", length, fixed, f"{chains} chain(s) of {hops} hop(s) with the question")
+        raise _too_short("vt", length, fixed, f"{chains} chain(s) of {hops} hop(s) with the question"
+                         + (" and RULER's solved example (-T icl=false leaves it out)" if icl else ""))
     noise_ids = tuple(fr.noise.unit)
     source = LineSource(lambda: itertools.repeat((noise_ids, None)), fr.noise, name="ruler-noise")
     built = build_prompt(source, length, prefix=head, inserts=inserts, suffix=suffix, seed=seed, trial=trial)
@@ -158,15 +218,18 @@ def cwe_repeats(length: int, common: int, uncommon: int) -> tuple[int, int]:
 
 
 def cwe_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int, common: int = 10,
-               common_repeats: int = 0, uncommon_repeats: int = 0, pool: Sequence[str] | None = None) -> RulerPrompt:
-    """Common words extraction: a numbered list where `common` words appear more often than every other word."""
+               common_repeats: int = 0, uncommon_repeats: int = 0, pool: Sequence[str] | None = None,
+               icl: bool = False) -> RulerPrompt:
+    """Common words extraction: a numbered list where `common` words appear more often than every other word;
+    with icl, RULER's solved example (cwe_example) first."""
     pool = list(pool if pool is not None else word_pool())
     cr, ur = cwe_repeats(length, common_repeats, uncommon_repeats)
     if cr <= ur:
         raise UserError(f"cwe: common_repeats={cr} must be more than uncommon_repeats={ur}")
     words = _rng("cwe", seed, trial).sample(pool, len(pool))
     top, rest = words[:common], words[common:]
-    budget = length - fixed_tokens(tokenizer, fr, CWE_PREAMBLE, CWE_QUESTION, CWE_PREFIX)
+    example = cwe_example(tokenizer, length, seed=seed, trial=trial, common=common, avoid=top, pool=pool) if icl else []
+    budget = length - fixed_tokens(tokenizer, fr, CWE_PREAMBLE, CWE_QUESTION, CWE_PREFIX, example)
     cost = {w: len(encode(tokenizer, " " + w)) for w in top}
     number = lambda i: encode(tokenizer, (" " if i > 1 else "") + f"{i}.")  # noqa: E731
     number_cost: list[int] = [0]  # number_cost[n]: tokens of the numbers 1..n
@@ -177,7 +240,8 @@ def cwe_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int,
     words_cost, entries = cr * sum(cost.values()), cr * common
     if numbers(entries) + words_cost > budget:
         raise _too_short("cwe", length, length - budget + numbers(entries) + words_cost,
-                         f"{common} words x {cr} repeats (fewer with -T common_repeats=N)")
+                         f"{common} words x {cr} repeats (fewer with -T common_repeats=N)"
+                         + (" and RULER's solved example (-T icl=false leaves it out)" if icl else ""))
     used = 0
     while used < len(rest):
         w = rest[used]
@@ -197,7 +261,7 @@ def cwe_prompt(tokenizer: Any, fr: Frame, length: int, *, seed: int, trial: int,
         if w in top:
             spans.append((len(body), len(body) + len(piece)))
         body += piece
-    ids, offset, pad = assemble(tokenizer, fr, length, CWE_PREAMBLE, body, CWE_QUESTION, CWE_PREFIX, "cwe")
+    ids, offset, pad = assemble(tokenizer, fr, length, CWE_PREAMBLE, body, CWE_QUESTION, CWE_PREFIX, "cwe", example)
     answer = encode(tokenizer, "".join(f" {i}. {w}" for i, w in enumerate(top, 1)))
     return RulerPrompt(tuple(ids), tuple(answer), tuple(top), "all", length,
                        tuple((offset + a, offset + b) for a, b in spans), pad)

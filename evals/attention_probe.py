@@ -2,9 +2,10 @@
 
 The prompts are the needle task's prompts for the same parameters (same builder, same seeds), so
 probes explain heatmaps; `-T prompts=<retrieval preset>` probes that preset's prompts instead (the
-needle is then the asked needle's value tokens). Per cell: one prefill of the prompt and the
-teacher-forced gold answer under `harness.attention.probe.capture`, which records only the query rows needed
-(memory grows with n, not n^2), then greedy decoding from the same cache (-> `correct`):
+needle is then the asked needle's value tokens), `-T prompts=<vt|cwe|fwe|qa_1|qa_2>` a RULER task's (the
+needle is the evidence span holding the first reference; one cell per length and trial at depth 0.5).
+Per cell: one prefill of the prompt and the teacher-forced gold answer under `harness.attention.probe.capture`,
+which records only the query rows needed (memory grows with n, not n^2), then greedy decoding from the same cache (-> `correct`):
 - needle_score(layer, head): attention mass that the rows predicting an answer digit put on the
   needle's number tokens, averaged over those rows;
 - attention_fading: for the query row at n keys (row n - 1), n = 1, 2, 4, ... and the prompt length,
@@ -36,7 +37,15 @@ class ProbeParams(NeedleParams):
     """Parameters of attention_probe: the needle task's, and whose prompts to probe."""
 
     prompts: str = "needle"
-    """needle (the needle task's prompts) or a retrieval preset (e.g. niah_multikey_1: its prompts, attention on the asked value's tokens; max_new_tokens at least the preset's)."""
+    """needle (the needle task's prompts), a retrieval preset (e.g. niah_multikey_1: its prompts, attention on the asked value's tokens; max_new_tokens at least the preset's) or a RULER task (vt, cwe, fwe, qa_1, qa_2: attention on the evidence that holds the first answer; no depth, cells at depth 0.5)."""
+    data: str = ""
+    """qa_1 / qa_2 prompts: their local question file (JSON, JSONL or parquet)."""
+    icl: bool = True
+    """vt / cwe prompts: with RULER's solved example first (false: without)."""
+
+
+RULER_DEPTH = 0.5
+"""the nominal depth coordinate of a RULER prompt's probe cell (its evidence sits where the task puts it)"""
 
 
 def fading_points(length: int) -> list[int]:
@@ -175,7 +184,16 @@ class AttentionProbeTask(NeedleTask):
 
     Params = ProbeParams
     tables = ("needle_score", "attention_fading", "prompts")
-    added_params = {**NeedleTask.added_params, "prompts": "needle"}
+    added_params = {**NeedleTask.added_params, "prompts": "needle", "data": "", "icl": True}
+
+    def cells(self, params: ProbeParams) -> list[dict]:
+        """The needle grid; a RULER task's prompts have no depth: one cell per (length, trial) at depth 0.5."""
+        from evals.ruler import TASKS
+
+        if params.prompts not in TASKS:
+            return super().cells(params)
+        return [{CONTEXT_LENGTH: int(length), DEPTH: RULER_DEPTH, TRIAL: trial}
+                for length in sorted(set(params.lengths)) for trial in range(params.trials)]
 
     def validate(self, params: ProbeParams) -> None:
         """The needle task's checks; with a retrieval preset's prompts also that preset's."""

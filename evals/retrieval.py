@@ -10,8 +10,10 @@ With prefix_cache (default) the prompts of one trial run latest needle first and
 their common prefix (harness.inference.prefix_cache); save_prompts writes RUN_DIR/prompts.jsonl.
 
 Presets (`lch tasks`) are subclasses whose Params only change defaults: niah_single_1/2/3,
-niah_multikey_1/2/3, niah_multivalue, niah_multiquery and passkey. Keys, values and distractor order
-depend on (seed, trial) only: the same at every length and depth, for every model.
+niah_multikey_1/2/3, niah_multivalue, niah_multiquery and passkey. Keys, values and distractor depths
+depend on (seed, trial) only under wording=lch (the same at every length and depth), and on (seed, trial, depth)
+under wording=ruler (RULER draws every sample afresh: depths x trials independent draws per length; the same
+at every length, so length curves stay paired); never on the model.
 """
 
 
@@ -28,6 +30,9 @@ from harness.data.filler import FILLER_TEXT, FillerSource, filler_fingerprint
 from harness.data.haystack import haystack_source
 from harness.errors import UserError
 from harness.task import register_task
+
+DRAWS_PER_DEPTH = "+draws:per-depth"
+"""Mark in a wording=ruler preset's data fingerprint: its needles are drawn per depth (cells from before differ)."""
 
 
 def filler_text(params: RetrievalParams) -> str:
@@ -77,11 +82,12 @@ class RetrievalTask(PromptedTask):
 
     def data_fingerprint(self, params: RetrievalParams) -> str:
         """The corpus's fingerprint for haystack=corpus; a fixed string naming the filler text otherwise."""
+        mark = DRAWS_PER_DEPTH if params.wording == "ruler" else ""  # new draws: new cell keys, same run names
         if params.haystack != "corpus":
-            return filler_fingerprint(filler_text(params))
+            return filler_fingerprint(filler_text(params)) + mark
         from harness.data.corpus import load_corpus
 
-        return load_corpus(params.corpus).fingerprint
+        return load_corpus(params.corpus).fingerprint + mark
 
     def haystack(self, params: RetrievalParams, tokenizer):
         """The held-out corpus for haystack=corpus, else filler sentences (also the padding of a needles haystack)."""

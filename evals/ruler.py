@@ -17,12 +17,14 @@ from pathlib import Path
 
 from evals._ruler_build import (QaData, RulerPrompt, cwe_prompt, fwe_prompt, noise_frame, qa_prompt, vt_prompt,
                                 word_pool)
+from evals._prompted import length_summary, validate_decoding, validate_lengths, write_prompts_jsonl
 from evals._retrieval_prompts import _positive_int
 from evals._ruler_score import METRICS
 from harness.errors import UserError
 from harness.data.filler import filler_fingerprint
-from harness.data.prompts import TEMPLATES, prompt_frame
-from harness.results.tables import effective_lengths, model_columns
+from harness.data.prompts import prompt_frame
+from harness.results.paired import prompt_fingerprint
+from harness.results.tables import model_columns
 from harness.task import Task, register_task
 
 
@@ -54,6 +56,8 @@ class VtParams(RulerParams):
     """Chains of assignments in the prompt; the first one is asked, the others are distractors."""
     hops: int = 4
     """Assignments after the value in each chain (the answer names hops + 1 variables)."""
+    icl: bool = True
+    """Put RULER's solved example first (3-letter names; up to 500 tokens with the generation budget, a quarter of the prompt below 2000); false: none."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class CweParams(RulerParams):
     """Repeats of each common word; 0: RULER's (6 below 4096 tokens, 30 from 4096)."""
     uncommon_repeats: int = 0
     """Repeats of each other word; 0: RULER's (1 below 4096 tokens, 3 from 4096)."""
+    icl: bool = True
+    """Put RULER's solved example first (10 words x 3 and 10 once below 4096 tokens; x 10 and 30 x 3 from 4096)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,13 @@ BUDGET = {"vt": 30, "cwe": 120, "fwe": 50, "qa_1": 32, "qa_2": 32}
 """RULER's tokens_to_generate per task."""
 
 
+def prompt_record(p: RulerPrompt, task: str, trial: int) -> dict:
+    """One prompts.jsonl row of a RULER prompt (without the model columns the runner adds)."""
+    return {"task": task, "context_length": p.context_length, "trial": trial, "input_ids": list(p.input_ids),
+            "references": list(p.references), "evidence_spans": [list(s) for s in p.evidence],
+            "answer_ids": list(p.answer_ids)}
+
+
 class RulerTask(Task):
     """Shared machinery of the RULER tasks: cells, decoding, scoring, summary."""
 
@@ -101,18 +114,8 @@ class RulerTask(Task):
 
     def validate(self, params) -> None:
         """One clear line per bad parameter (budgets per tokenizer are checked in `prepare`)."""
-        if not params.lengths:
-            raise UserError("lengths is empty; give context lengths in tokens, e.g. -T lengths=256,512,1024")
-        for length in params.lengths:
-            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise UserError(f"context length {length!r} is not allowed; lengths are positive integers")
-        _positive_int("trials", params.trials)
-        if params.template not in TEMPLATES:
-            raise UserError(f"template={params.template!r} is not allowed; use one of {', '.join(TEMPLATES)}")
-        if isinstance(params.max_new_tokens, bool) or not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens={params.max_new_tokens!r} is not allowed; use an integer >= 0")
-        if not 0.0 <= params.threshold <= 1.0:
-            raise UserError(f"threshold={params.threshold!r} is outside [0, 1]")
+        validate_lengths(params)
+        validate_decoding(params)
 
     def data_fingerprint(self, params) -> str:
         """RULER's noise text (the padding) names the data of the synthetic tasks."""
@@ -149,31 +152,48 @@ class RulerTask(Task):
         row = {"context_length": p.context_length, "trial": int(cell["trial"]), "task": self.name,
                "answer": "; ".join(p.references), "prediction": clean.strip(), "ruler_score": ruler_score,
                "correct": ruler_score == 1.0, "answer_nll": nll, "prompt_tokens": len(p.input_ids),
-               "padding": p.padding, "generated": tok.decode(generated), "seconds": time.perf_counter() - t0}
+               "padding": p.padding, "generated": tok.decode(generated), "seconds": time.perf_counter() - t0,
+               "prompt_fingerprint": prompt_fingerprint(p.input_ids, p.answer_ids)}
         out = {"ruler": [row], "telemetry": {"tokens": len(p.input_ids) + len(generated)}}
         if params.save_prompts:
-            out["prompts"] = [{"task": self.name, "context_length": p.context_length, "trial": int(cell["trial"]),
-                               "input_ids": list(p.input_ids), "references": list(p.references),
-                               "evidence_spans": [list(s) for s in p.evidence], "answer_ids": list(p.answer_ids)}]
+            out["prompts"] = [prompt_record(p, self.name, int(cell["trial"]))]
         return out
 
     def summarize(self, tables: dict, params) -> dict:
-        """ruler_summary per (model, attention, theta, task, length) and ruler_effective_length."""
+        """ruler_summary per (model, attention, theta, task, length): RULER score with its 95% t interval over trials
+        (score_low, score_high), accuracy (acc_low, acc_high, n_eff), answer NLL (nll_low, nll_high); and
+        ruler_effective_length with its resampled 90% interval."""
+        from harness.results.stats import mean_interval
+
         df = tables.get("ruler")
         if df is None or df.empty:
             return {}
         keys = model_columns(df) + ["task"]
-        summary = (df.assign(correct=df["correct"].astype(float))
-                   .groupby(keys + ["context_length"], dropna=False)
-                   .agg(ruler_score=("ruler_score", "mean"), accuracy=("correct", "mean"),
-                        answer_nll=("answer_nll", "mean"), n=("correct", "size"))
-                   .reset_index())
-        return {"ruler_summary": summary, "ruler_effective_length": effective_lengths(summary, keys, params.threshold)}
+        means = {"ruler_score": ("ruler_score", "mean"), "accuracy": ("correct", "mean"),
+                 "answer_nll": ("answer_nll", "mean"), "n": ("correct", "size")}
+        summary, effective = length_summary(df.assign(correct=df["correct"].astype(float)), keys, means,
+                                            params.threshold)
+        bounds = [mean_interval(part["ruler_score"].to_numpy(float), part["trial"].to_numpy())[1:]
+                  for _, part in df.groupby(keys + ["context_length"], dropna=False, sort=True)]
+        summary["score_low"] = [max(0.0, low) if low == low else low for low, _ in bounds]  # a score lies in [0, 1]
+        summary["score_high"] = [min(1.0, high) if high == high else high for _, high in bounds]
+        return {"ruler_summary": summary, "ruler_effective_length": effective}
+
+    def figures(self, tables: dict, manifest: dict, out_dir: Path) -> list[Path]:
+        """ruler_<task>.png per RULER task present: RULER score and answer NLL vs length, one line per model."""
+        from harness.plots import ruler_task_figure, save, training_lengths
+
+        summary = tables.get("ruler_summary")
+        if summary is None or summary.empty or "score_low" not in summary.columns:
+            summary = self.summarize(tables, self.Params()).get("ruler_summary")  # merged or older runs: from the rows
+        if summary is None or summary.empty:
+            return []
+        lengths = training_lengths(manifest) or None
+        return [save(ruler_task_figure(summary, task, train_lengths=lengths), Path(out_dir) / f"ruler_{task}.png")
+                for task in sorted(summary["task"].unique())]
 
     def finalize(self, run_dir: Path, tables: dict, params) -> None:
         """With save_prompts: RUN_DIR/prompts.jsonl, one JSON object per prompt."""
-        from evals._prompted import write_prompts_jsonl
-
         df = tables.get("prompts")
         if params.save_prompts and df is not None and not df.empty:
             write_prompts_jsonl(Path(run_dir) / "prompts.jsonl", df)
@@ -184,6 +204,7 @@ class VariableTracking(RulerTask):
     """RULER vt: follow a chain of variable assignments hidden among noise lines; name every variable of the value."""
 
     Params = VtParams
+    added_params = {"icl": False}  # runs from before the solved example keep their keys and names
 
     def validate(self, params) -> None:
         super().validate(params)
@@ -192,7 +213,7 @@ class VariableTracking(RulerTask):
 
     def prompt(self, params, tokenizer, state, length, trial) -> RulerPrompt:
         return vt_prompt(tokenizer, state["frame"], length, seed=params.seed, trial=trial, chains=params.chains,
-                         hops=params.hops)
+                         hops=params.hops, icl=params.icl)
 
 
 @register_task("cwe")
@@ -200,6 +221,7 @@ class CommonWords(RulerTask):
     """RULER cwe: a numbered word list; name the 10 words that appear most often."""
 
     Params = CweParams
+    added_params = {"icl": False}  # runs from before the solved example keep their keys and names
 
     def validate(self, params) -> None:
         super().validate(params)
@@ -217,7 +239,8 @@ class CommonWords(RulerTask):
 
     def prompt(self, params, tokenizer, state, length, trial) -> RulerPrompt:
         return cwe_prompt(tokenizer, state["frame"], length, seed=params.seed, trial=trial, common=params.common,
-                          common_repeats=params.common_repeats, uncommon_repeats=params.uncommon_repeats)
+                          common_repeats=params.common_repeats, uncommon_repeats=params.uncommon_repeats,
+                          icl=params.icl)
 
 
 @register_task("fwe")
@@ -351,4 +374,5 @@ def load_qa(path: str, style: str, task: str) -> QaData:
 
 TASKS = ("vt", "cwe", "fwe", "qa_1", "qa_2")
 """RULER's non-needle tasks, as RULER names them."""
-__all__ = ["TASKS", "RulerTask", "load_qa", *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]
+__all__ = ["BUDGET", "TASKS", "RulerTask", "load_qa", "prompt_record",
+           *(c.__name__ for c in (VtParams, CweParams, FweParams, QaParams))]

@@ -246,3 +246,23 @@ def test_save_prompts_writes_every_prompt_with_the_asked_value_spans(tiny_checkp
     off = run_task("niah_multiquery", [str(ckpt)], {**params, "save_prompts": False}, out_root=tmp_path, name="off",
                    progress=False)
     assert not (off / "prompts.jsonl").exists() and not (off / "tables" / "prompts.parquet").exists()
+
+
+def test_ruler_wording_draws_needles_per_depth_and_lch_per_trial(tok, corpus_dir):
+    """wording=ruler: RULER draws every sample afresh, so a trial's keys and values differ across depths (depths x
+    trials independent draws per length) but not across lengths; wording=lch keeps one draw per trial. The new draws
+    change wording=ruler cell keys (data fingerprint) and nothing else."""
+    from evals._retrieval_prompts import draw
+    from evals.retrieval import DRAWS_PER_DEPTH
+
+    task = get_task("niah_multikey_1")
+    for wording in ("ruler", "lch"):
+        params = _params("niah_multikey_1", corpus_dir, wording=wording, lengths="400,500")
+        state = task.prepare(params, _loaded(None, tok))
+        asked = {(length, depth): task.prompt(params, tok, state, length, depth, 0).asked_values
+                 for length in params.lengths for depth in params.depths}
+        per_length = [len({asked[(length, d)] for d in params.depths}) for length in params.lengths]
+        assert per_length == ([3, 3] if wording == "ruler" else [1, 1]), wording
+        assert all(asked[(400, d)] == asked[(500, d)] for d in params.depths)  # paired across lengths
+        assert draw(params, 0, 0.5) != draw(params, 1, 0.5)
+        assert task.data_fingerprint(params).endswith(DRAWS_PER_DEPTH) == (wording == "ruler")

@@ -16,6 +16,7 @@ from harness.task import get_task
 from tests import tiny
 from tests.tiny import build_tokenizer
 
+ICL = {"vt": "1000,1100", "cwe": "1700,1900"}  # lengths that hold RULER's solved example (the tiny tokenizer is wordy)
 LENGTHS = {"vt": "420,520", "cwe": "900,1100", "fwe": "700,900", "qa_1": "300,420", "qa_2": "420,520"}
 SQUAD = [{"question": f"Which colour is the door of house {n}?", "context": f"House {n} stands on a hill. Its door is {c}.",
           "answers": {"text": [c, f"{c} door"]}} for n, c in zip(range(1, 9), ("red", "blue", "green", "grey", "pink",
@@ -42,7 +43,7 @@ def data(tmp_path_factory):
 
 
 def _params(name, folder, **overrides):
-    base = {"lengths": LENGTHS[name], "trials": 2}
+    base = {"lengths": LENGTHS[name], "trials": 2, **({"icl": "false"} if name in ICL else {})}
     if name == "qa_1":
         base["data"] = str(folder / "squad.jsonl")
     if name == "qa_2":
@@ -58,6 +59,7 @@ def _loaded(model, tok):
 
 
 def read_vt(text):
+    text = text.rsplit("Memorize and track", 1)[-1]  # after the solved example, if any
     value = re.search(r"assigned the value (\d+) in the text above", text).group(1)
     names = {a for a, v in re.findall(r"VAR ([A-Z]+) = (\d+)\n", text) if v == value}
     links = re.findall(r"VAR ([A-Z]+) = VAR ([A-Z]+)\n", text)
@@ -70,6 +72,7 @@ def read_vt(text):
 
 
 def read_cwe(text):
+    text = text.rsplit("Below is a numbered list", 1)[-1]  # after the solved example, if any
     body = text.split("appear most often.\n", 1)[1].split("\nQuestion:", 1)[0]
     entries = re.findall(r"(\d+)\. ([a-z]+)", body)
     assert [int(i) for i, _ in entries] == list(range(1, len(entries) + 1))
@@ -207,12 +210,16 @@ def test_end_to_end_run_and_ruler_average(tiny_checkpoint, tmp_path, data):
     from harness.results.tables import ruler_average
 
     ckpt = tiny_checkpoint()
-    run = run_task("vt", [str(ckpt)], {"lengths": "420", "trials": 1, "max_new_tokens": 2}, out_root=tmp_path,
+    run = run_task("vt", [str(ckpt)], {"lengths": "420", "trials": 1, "max_new_tokens": 2, "icl": "false"}, out_root=tmp_path,
                    name="vt", progress=False)
     tables = load(run)
     ruler = tables["ruler"]
     assert len(ruler) == 1 and {"ruler_score", "correct", "answer_nll", "task"} <= set(ruler.columns)
     assert "ruler_summary" in tables and "ruler_effective_length" in tables
+    assert {"acc_low", "acc_high", "n_eff", "nll_low", "score_low", "score_high"} <= set(tables["ruler_summary"].columns)
+    assert "effective_length_median" in tables["ruler_effective_length"].columns
+    assert ruler["prompt_fingerprint"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert sorted(p.name for p in (run / "figures").iterdir()) == ["ruler_vt.png"]
     from harness.report import compare_runs
 
     compare_runs([run], tmp_path / "report")
@@ -266,3 +273,117 @@ def test_chat_template_puts_the_answer_prefix_in_the_assistant_turn(name, data):
     text = chat.decode(list(p.input_ids))
     assert len(p.input_ids) == params.lengths[0] and "<|user|>\n" in text
     assert re.search(r"<\|end\|>\n<\|assistant\|>\nAnswer:[^\n]*$", text), text[-200:]
+
+
+# ------------------------------------------------------------------- attention_probe -T prompts=<RULER task>
+
+
+@pytest.mark.parametrize("name", sorted(READ))
+def test_probe_target_of_a_ruler_prompt_is_its_evidence_and_first_reference(name, tok, data):
+    """The probe's prompt is the task's own; the needle span is evidence holding the first reference, content only;
+    the answer span is that reference's tokens; a copier of answer_ids scores 1 under RULER's scorer."""
+    from evals._probe_targets import target
+
+    probe, task = get_task("attention_probe"), get_task(name)
+    length = int(LENGTHS[name].split(",")[0])
+    extra = {"data": str(data / ("squad.jsonl" if name == "qa_1" else "hotpot.json"))} if name.startswith("qa") else {}
+    extra = {**extra, **({"icl": "false"} if name in ICL else {})}
+    params = parse_task_params(probe, {"prompts": name, "lengths": str(length), "trials": 1, **extra})
+    assert [c["depth"] for c in probe.cells(params)] == [0.5]  # no depth: one nominal cell per length and trial
+    state = probe.prepare(params, _loaded(None, tok))
+    t = target(state.task, state.params, tok, state.state, length, 0.5, 0)
+    p = task.prompt(_params(name, data, lengths=str(length), trials=1), tok, state.state, length, 0)
+    assert t.input_ids == p.input_ids and t.answer_ids == p.answer_ids and t.depth == 0.5
+    s, e = t.needle_span
+    assert any(a <= s < e <= b for a, b in p.evidence)
+    needle = tok.decode(list(p.input_ids[s:e]))
+    assert p.references[0] in needle and tok.decode([p.input_ids[s]]).strip() and tok.decode([p.input_ids[e - 1]]).strip()
+    a, b = t.answer_digit_span
+    assert tok.decode(list(p.answer_ids[a:b])).strip() == p.references[0]
+    assert t.score(list(p.answer_ids), "")["ruler_score"] == 1.0 and t.score([], "")["ruler_score"] == 0.0
+    assert state.params.max_new_tokens >= 30
+
+
+def test_probe_runs_on_vt_prompts_through_the_runner(tiny_checkpoint, tmp_path):
+    from harness.results import load
+    from harness.runner import run_task
+
+    run = run_task("attention_probe", [str(tiny_checkpoint())],
+                   {"prompts": "vt", "lengths": "420,520", "depths": "0,1", "trials": 1, "save_prompts": True,
+                    "icl": False},
+                   out_root=tmp_path, progress=False)
+    tables = load(run)
+    scores = tables["needle_score"]
+    assert len(scores) == 2 * 2 * 4 and (scores["depth"] == 0.5).all()  # 2 lengths x 1 trial x layers x heads
+    assert {"ruler_score", "correct", "needle_score"} <= set(scores.columns) and scores["needle_score"].between(0, 1).all()
+    saved = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+    assert sorted(r["context_length"] for r in saved) == [420, 520] and all(r["task"] == "vt" for r in saved)
+    for rec in saved:
+        starts = scores.loc[scores["context_length"] == rec["context_length"], "needle_start"]
+        assert starts.nunique() == 1 and rec["evidence_spans"][0][0] <= starts.iloc[0] < rec["evidence_spans"][0][1]
+
+
+def test_ruler_summary_intervals_and_the_per_task_figure(tmp_path):
+    from harness.plots import ruler_task_figure
+    from harness.report import caption_for
+
+    rows = pd.DataFrame({"model": "m", "attention": "softmax", "rope_theta": None, "task": "cwe",
+                         "context_length": [256] * 4 + [512] * 4, "trial": [0, 1, 2, 3] * 2,
+                         "ruler_score": [1.0, 0.8, 0.9, 1.0, 0.0, 0.2, 0.1, 0.0], "correct": [1, 0, 0, 1, 0, 0, 0, 0],
+                         "answer_nll": [0.5, 0.7, 0.6, 0.4, 2.0, 2.5, 2.2, 2.1]}).assign(correct=lambda d: d["correct"] == 1)
+    summary = get_task("cwe").summarize({"ruler": rows}, get_task("cwe").Params())["ruler_summary"]
+    assert summary["ruler_score"].tolist() == [pytest.approx(0.925), pytest.approx(0.075)]
+    assert summary["accuracy"].tolist() == [0.5, 0.0] and (summary["acc_low"] <= summary["accuracy"]).all()
+    assert ((summary["score_low"] < summary["ruler_score"]) & (summary["ruler_score"] < summary["score_high"])).all()
+    assert summary["score_high"].max() <= 1.0 and summary["score_low"].min() >= 0.0
+    drawn = get_task("vt").figures({"ruler": rows}, {}, tmp_path)  # one RulerTask.figures draws every task present
+    assert [p.name for p in drawn] == ["ruler_cwe.png"] and drawn[0].is_file()
+    assert caption_for(drawn[0])[0] == "retrieval" and "RULER cwe" in caption_for(drawn[0])[1]
+    fig = ruler_task_figure(summary, "cwe")
+    assert len(fig.axes) == 2 and len(fig.axes[0].collections) == 1  # the score's interval band
+
+
+def test_compare_baseline_pairs_ruler_rows_by_fingerprint():
+    from harness.report.versus import trials_table, versus_tables
+
+    base = pd.DataFrame({"model": "m", "attention": "softmax", "rope_theta": None, "task": "vt", "context_length": 256,
+                         "trial": [0, 1, 2, 3], "correct": [True, True, False, True], "ruler_score": 1.0,
+                         "answer_nll": 0.5, "prompt_fingerprint": ["a", "b", "c", "d"]})
+    other = base.assign(attention="ssmax", correct=[True, False, False, False])
+    table, notes = versus_tables({"ruler": pd.concat([base, other])}, "m|softmax", {})
+    assert table["table"].tolist() == ["ruler"] and table["paired_by"].tolist() == ["fingerprint"] and not notes
+    assert table["diff"].tolist() == [pytest.approx(-0.5)]
+    _, notes = versus_tables({"ruler": pd.concat([base, other.assign(prompt_fingerprint="z")])}, None, {})
+    assert len(notes) == 1 and "not the same tokens" in notes[0]
+    assert trials_table({"ruler": base})["task"].tolist() == ["vt"]
+
+
+@pytest.mark.parametrize("name", sorted(ICL))
+def test_solved_example_comes_first_and_lengths_stay_exact(name, tok, data):
+    """RULER's one-shot example (icl, the default) sits between the frame head and the task, answered; the prompt
+    stays token-exact, its answer is recomputed from the text after the example, a copier scores 1, a never-copier 0."""
+    task = get_task(name)
+    params = _params(name, data, icl="true", lengths=ICL[name])
+    assert parse_task_params(task, {}).icl is True
+    loaded = _loaded(Stub(tok, name), tok)
+    state = task.prepare(params, loaded)
+    preamble = "Memorize and track" if name == "vt" else "Below is a numbered list"
+    for length in params.lengths:
+        for trial in range(params.trials):
+            p = task.prompt(params, tok, state, length, trial)
+            text = tok.decode(list(p.input_ids))
+            assert len(p.input_ids) == length and text.count(preamble) == 2 and text.count("Answer:") == 2
+            example = text.split(preamble)[1]
+            assert not set(p.references) & set(re.findall(r"[A-Za-z]+", example))  # the example never holds the answer
+            assert sorted(READ[name](text)) == sorted(p.references)
+            plain = task.prompt(_params(name, data, lengths=ICL[name]), tok, state, length, trial)
+            assert plain.references == p.references and len(p.evidence) == len(plain.evidence)
+    if name == "vt":  # RULER's example: 3-letter names, the chain solved after the answer prefix
+        example = text.split(preamble)[1]
+        assert re.search(r"they are: (?:[A-Z]{3} ){4}[A-Z]{3}\n\n$", example)
+    for wrong, expected in ((False, 1.0), (True, 0.0)):
+        loaded = _loaded(Stub(tok, name, wrong), tok)
+        rows = [r for cell in task.cells(params) for r in task.run_cell(params, loaded, cell, state, 0)["ruler"]]
+        assert [r["ruler_score"] for r in rows] == [expected] * 4
+    with pytest.raises(UserError, match=r"solved example \(-T icl=false leaves it out\)"):
+        task.prepare(_params(name, data, icl="true"), _loaded(None, tok))

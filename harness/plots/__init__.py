@@ -5,7 +5,8 @@ average), probes (needle score, fading), draw (PNG files of a run directory). Ev
 from `harness.plots` directly.
 """
 
-from harness.plots.curves import legend_with_shared, position_loss_curves, retrieval_average_figure, training_length_lines
+from harness.plots.curves import (legend_with_shared, length_curves_figure, position_loss_curves,
+                                  retrieval_average_figure, ruler_task_figure, training_length_lines)
 from harness.plots.draw import (DPI, draw_heatmaps, draw_needle_heatmaps, retrieval_heatmap_figures,
                                 run_training_lengths, save)
 from harness.plots.heatmaps import (ACCURACY_LABEL, DIFF_CMAP, NIAH_CMAP, NLL_CMAP, NLL_DIFF_CMAP, NLL_LABEL,
@@ -22,8 +23,9 @@ __all__ = [
     "PROBE_OUTCOMES", "PanelNames", "attention_fading_curves", "attention_fading_figure", "best_head_figure",
     "best_head_trials", "bucket_positions", "chars_per_line", "common_affixes", "difference_figure", "draw_heatmaps",
     "draw_needle_heatmaps", "fading_quantiles", "grid_heatmap", "has_nll", "head_label", "head_ranking",
-    "legend_with_shared", "needle_accuracy_grid", "needle_difference_heatmap", "needle_heatmap",
-    "needle_heatmap_figure", "nll_heatmap", "panel_names", "panel_size", "panel_title", "position_loss_curves",
-    "retrieval_average_figure", "retrieval_heatmap_figures", "run_training_lengths", "save", "theta_label",
-    "top_heads_bar", "top_heads_figure", "training_length_lines", "training_lengths", "value_grid", "wrap_title",
+    "legend_with_shared", "length_curves_figure", "needle_accuracy_grid", "needle_difference_heatmap",
+    "needle_heatmap", "needle_heatmap_figure", "nll_heatmap", "panel_names", "panel_size", "panel_title",
+    "position_loss_curves", "retrieval_average_figure", "retrieval_heatmap_figures", "ruler_task_figure",
+    "run_training_lengths", "save", "theta_label", "top_heads_bar", "top_heads_figure", "training_length_lines",
+    "training_lengths", "value_grid", "wrap_title",
 ]

@@ -1,4 +1,4 @@
-"""Line plots: per-position test loss, and the RULER-style retrieval average by length. Imports no torch."""
+"""Line plots: per-position test loss, the RULER-style retrieval average and each RULER task by length. Imports no torch."""
 
 from __future__ import annotations
 
@@ -61,21 +61,46 @@ def retrieval_average_figure(average, *, train_lengths=None, value: str = "accur
     """RULER-style average over presets vs context length (log x): accuracy (left) and answer NLL (right),
     one line per (model, attention, theta). `average`: tables.retrieval_average's rows (or tables.ruler_average's
     with value="ruler_score", over="tasks")."""
-    panel_list, keys = panels(average)
+    names_column = "preset_names" if over == "presets" else "task_names"
+    presets = ", ".join(sorted({p for s in average.get(names_column, []) for p in str(s).split(", ") if p}))
+    title = "retrieval average over presets" if over == "presets" else "RULER average over tasks"
+    return length_curves_figure(average, value=value, value_label=f"{value.replace('_', ' ')} (mean over {over})",
+                                nll_label=f"answer NLL (nats/token, mean over {over})", title=f"{title}: {presets}",
+                                train_lengths=train_lengths)
+
+
+def ruler_task_figure(summary, task: str, *, train_lengths=None) -> Figure:
+    """One RULER task's score (left, 95% band where the summary has score_low/score_high) and answer NLL (right,
+    band nll_low/nll_high) vs context length, one line per (model, attention, theta); `summary`: ruler_summary rows."""
+    rows = summary[summary["task"] == task] if "task" in summary.columns else summary
+    return length_curves_figure(rows, value="ruler_score", value_label="RULER score (mean over trials)",
+                                nll_label="answer NLL (nats/token, mean over trials)", title=f"RULER {task}",
+                                train_lengths=train_lengths,
+                                bands={"ruler_score": ("score_low", "score_high"), ANSWER_NLL: ("nll_low", "nll_high")})
+
+
+def length_curves_figure(rows, *, value: str, value_label: str, nll_label: str, title: str, train_lengths=None,
+                         bands: dict | None = None) -> Figure:
+    """`value` (left, on [0, 1]) and answer NLL (right, when present) vs context length (log x), one line per
+    (model, attention, theta); bands: {column: (low column, high column)} shaded where both are present."""
+    panel_list, keys = panels(rows)
     names = panel_names(full_keys(panel_list, keys))
-    right = ANSWER_NLL in average.columns and average[ANSWER_NLL].notna().any()
+    right = ANSWER_NLL in rows.columns and rows[ANSWER_NLL].notna().any()
     fig = Figure(figsize=(11.5 if right else 6.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2 if right else 1, squeeze=False)[0]
-    columns = [(value, f"{value.replace('_', ' ')} (mean over {over})")] + (
-        [(ANSWER_NLL, f"answer NLL (nats/token, mean over {over})")] if right else [])
+    columns = [(value, value_label)] + ([(ANSWER_NLL, nll_label)] if right else [])
     for ax, (column, label) in zip(axes, columns):
+        low, high = (bands or {}).get(column, (None, None))
         for (key, part), name in zip(panel_list, names.titles):
             part = part.sort_values(CONTEXT_LENGTH)
-            ax.plot(part[CONTEXT_LENGTH].to_numpy(float), part[column].to_numpy(float), marker="o", linewidth=1.5,
-                    label=name)
-        training_length_lines(ax, train_lengths, average["model"].unique() if "model" in average.columns else None)
+            x = part[CONTEXT_LENGTH].to_numpy(float)
+            line, = ax.plot(x, part[column].to_numpy(float), marker="o", linewidth=1.5, label=name)
+            if low in part.columns and high in part.columns:
+                ax.fill_between(x, part[low].to_numpy(float), part[high].to_numpy(float), color=line.get_color(),
+                                alpha=0.15, linewidth=0)
+        training_length_lines(ax, train_lengths, rows["model"].unique() if "model" in rows.columns else None)
         ax.set_xscale("log", base=2)
-        lengths = sorted({int(n) for n in average[CONTEXT_LENGTH]})
+        lengths = sorted({int(n) for n in rows[CONTEXT_LENGTH]})
         ax.set_xticks(lengths, [str(n) for n in lengths], fontsize=8)
         ax.minorticks_off()
         ax.set_xlabel("context length (tokens)")
@@ -83,8 +108,5 @@ def retrieval_average_figure(average, *, train_lengths=None, value: str = "accur
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylim(-0.03, 1.03)
     legend_with_shared(axes[0], names.shared)
-    names_column = "preset_names" if over == "presets" else "task_names"
-    presets = ", ".join(sorted({p for s in average.get(names_column, []) for p in str(s).split(", ") if p}))
-    title = "retrieval average over presets" if over == "presets" else "RULER average over tasks"
-    fig.suptitle(wrap_title(f"{title}: {presets}", chars_per_line(11.0, 11)), fontsize=11)
+    fig.suptitle(wrap_title(title, chars_per_line(11.0, 11)), fontsize=11)
     return fig

@@ -65,6 +65,10 @@ CAPTIONS = (
      "RULER average over the RULER tasks that ran (niah_* presets, vt, cwe, fwe, qa): each task's score as RULER "
      "scores it (share of references in the generation) at a length, then their mean, one line per variant; right: "
      "answer NLL; dotted line: training length."),
+    (r"ruler_(?P<preset>vt|cwe|fwe|qa_\d)", "retrieval",
+     "RULER {preset}: score as RULER scores it (left, share of references in the generation, 95% band over trials) "
+     "and the teacher-forced answer NLL (right, nats/token) per context length, one line per variant; dotted line: "
+     "training length."),
     (r"retrieval_heatmap_(?P<preset>.+)", "retrieval",
      "{preset}: share of prompts with every asked value exact (top) and the answer NLL (bottom, nats/token) per "
      "context length and depth of the asked needle; dashed line: training length."),

@@ -27,9 +27,9 @@ def run_params(run_dirs) -> dict:
 
 
 def versus_tables(tables: dict, baseline: str | None, params: dict) -> tuple[pd.DataFrame, list[str]]:
-    """versus_baseline over the needle and retrieval tables (a `table` column names which), with its notes."""
+    """versus_baseline over the needle, retrieval and ruler tables (a `table` column names which), with its notes."""
     parts, notes = [], []
-    for name in ("needle", "retrieval"):
+    for name in ("needle", "retrieval", "ruler"):
         df = tables.get(name)
         if df is None or df.empty:
             continue
@@ -41,12 +41,13 @@ def versus_tables(tables: dict, baseline: str | None, params: dict) -> tuple[pd.
 
 
 def trials_table(tables: dict) -> pd.DataFrame:
-    """One row per task (needle; each retrieval preset): trials now and trials for a ±0.1 interval."""
+    """One row per task (needle; each retrieval preset; each RULER task): trials now and trials for a ±0.1 interval."""
     rows = []
     if (needle := tables.get("needle")) is not None:
         rows.append(trials_needed("needle", needle))
-    if (retrieval := tables.get("retrieval")) is not None and not retrieval.empty:
-        rows += [trials_needed(str(preset), part) for preset, part in retrieval.groupby("task", sort=True)]
+    for name in ("retrieval", "ruler"):
+        if (df := tables.get(name)) is not None and not df.empty:
+            rows += [trials_needed(str(task), part) for task, part in df.groupby("task", sort=True)]
     return pd.DataFrame([r for r in rows if r])
 
 
