@@ -45,9 +45,17 @@ def forward(model, token_ids: Sequence[int], cache, *, logits_to_keep: int = 0):
     return out.logits[0].float(), _cache_of(out)
 
 
-def prefill(model, ids: Sequence[int]):
-    """One forward over the prompt with a fresh rewindable cache: (logits of the last position [V], cache)."""
-    logits, cache = forward(model, ids, new_cache(), logits_to_keep=1)
+def prefill(model, ids: Sequence[int], rewind: int | None = None):
+    """One forward over the prompt with a fresh cache: (logits of the last position [V], cache).
+
+    With `rewind` (the most tokens the caller will drop again), sliding-window layers keep only window - 1 + rewind
+    keys (harness.inference.window_cache); without it every key is kept, so the cache can be cropped anywhere (what a
+    shared prefix needs).
+    """
+    from harness.inference.window_cache import bounded_cache
+
+    cache = (bounded_cache(model.config, rewind) if rewind is not None else None) or new_cache()
+    logits, cache = forward(model, ids, cache, logits_to_keep=1)
     return logits[-1], cache
 
 
@@ -99,14 +107,14 @@ def greedy_answer(model, ids: Sequence[int], n_new: int, *, eos_token_id: int | 
                   stop: Callable[[list[int]], bool] | None = None) -> list[int]:
     """Greedy continuation of `ids` (at most `n_new` tokens) with the KV cache, no `generate`."""
     with torch.inference_mode():
-        last, cache = prefill(model, ids)
+        last, cache = prefill(model, ids, rewind=0)
         return greedy(model, last, cache, n_new, eos_token_id, stop)
 
 
 def answer_nll(model, ids: Sequence[int], answer_ids: Sequence[int]) -> float:
     """Teacher-forced mean NLL (nats) of `answer_ids` following the prompt `ids`."""
     with torch.inference_mode():
-        last, cache = prefill(model, ids)
+        last, cache = prefill(model, ids, rewind=0)
         return teacher_forced_nll(model, last, cache, answer_ids)
 
 
@@ -118,12 +126,13 @@ def score_prompt(model, ids: Sequence[int], answer_ids: Sequence[int], n_new: in
     the same `group` for the tokens both prompts share, and the cache is kept for the next prompt.
     """
     with torch.inference_mode():
-        last, cache = prefill(model, ids) if prefix is None else prefix.prefill(model, ids, group)
+        budget = max(0, len(answer_ids) - 1)  # without a shared prefix, window layers keep only what this rewind needs
+        last, cache = prefill(model, ids, budget) if prefix is None else prefix.prefill(model, ids, group)
         nll = teacher_forced_nll(model, last, cache, answer_ids)
         if len(answer_ids) > 1 and not rewind(cache, len(answer_ids) - 1, len(ids)):
             if prefix is not None:
                 prefix.fail(f"{type(cache).__name__} cannot rewind the answer")
-            last, cache = prefill(model, ids)  # a cache that cannot be cropped: prefill again
+            last, cache = prefill(model, ids, rewind=0)  # a cache that cannot be cropped: prefill again
         generated = greedy(model, last, cache, n_new, eos_token_id, stop)
         if prefix is not None:
             prefix.keep(group, ids, cache)
