@@ -54,7 +54,8 @@ def prefill(model, ids: Sequence[int], rewind: int | None = None):
     """
     from harness.inference.window_cache import bounded_cache
 
-    cache = (bounded_cache(model.config, rewind) if rewind is not None else None) or new_cache()
+    config = getattr(model, "config", None)  # stand-in models in tests have none
+    cache = (bounded_cache(config, rewind) if rewind is not None and config is not None else None) or new_cache()
     logits, cache = forward(model, ids, cache, logits_to_keep=1)
     return logits[-1], cache
 
