@@ -1,18 +1,18 @@
 """Attention variants (softmax, SSMax, log-n, temperature) as per-query-row scales on q.
 
 Every variant multiplies query row i by a factor that depends only on n_i, the number of keys the
-row may see, so the ordinary SDPA kernel stays the fast path. The variant lives on each attention
+row may see, so mask-free SDPA kernels stay the fast path. The variant lives on each attention
 module (`module.lch_variant`); the model's attention implementation is "lch", registered in both of
-transformers' registries (a name missing from the mask registry silently builds no mask).
+transformers' registries: its mask function (harness.attention.key_pattern.pattern_mask) describes causal and
+windowed rows as a KeyPattern instead of a q x kv tensor, and builds a real mask only for padding and the like.
 
 Family specifics the fast path keeps (tests/test_families.py checks each against a hand-written reference):
 - the module's `scaling` (Gemma's query_pre_attn_scalar, Granite's attention_multiplier) goes to SDPA unchanged;
-- sliding windows come from the mask transformers builds for each layer type (`sdpa_mask` with the window), so
-  n_i counts only the keys inside the window; a mask skipped by transformers (`None`) means plain causal rows,
-  aligned the way SDPA's `is_causal` aligns them;
+- sliding windows come from the pattern (or the real mask), so n_i counts only the keys inside the window; a mask
+  skipped altogether (`None`) means plain causal rows, aligned the way SDPA's `is_causal` aligns them;
 - logit softcapping (Gemma2's `softcap`: z -> cap*tanh(z/cap)) cannot be expressed as a scale on q. The softcapped
   logit is the score that enters softmax, so the variant scales it AFTER capping: softmax(m(n_i) * cap*tanh(z/cap)).
-  Such calls take `materialised_attention` (exact, a chunk of query rows at a time, memory O(chunk x n));
+  Such calls take `materialised_attention` (exact, a chunk of query rows at a time over the keys the chunk sees);
 - attention sinks (`s_aux`) or a position bias are refused with a UserError rather than silently dropped.
 """
 
