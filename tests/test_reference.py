@@ -119,6 +119,36 @@ def test_randpos_recipe_differs_from_base_only_in_positions():
     assert replace(randpos.train, position_span=1) == base.train and randpos.train.position_span == 16
 
 
+def test_loguniform_row_spans_cover_contiguous_and_16x_rows():
+    from harness.reference.recipes import RECIPES
+
+    cfg = RECIPES["randpos2"].train
+    spans = tr.row_spans(np.random.default_rng([0, 7]), 4000, cfg)
+    assert (spans == tr.row_spans(np.random.default_rng([0, 7]), 4000, cfg)).all()
+    assert spans.min() == cfg.seq_len and spans.max() <= 16 * cfg.training_length
+    factors = spans / cfg.training_length
+    # log-uniform: each factor-of-2 band holds about a quarter of the rows (uniform in [1, 16] would give 1/15 below 2)
+    for lo in (1, 2, 4, 8):
+        assert 0.22 < ((factors >= lo) & (factors < 2 * lo)).mean() < 0.28
+    some = np.concatenate([spans[spans == cfg.seq_len][:3], spans[:20]])  # 1.3% of rows are exactly contiguous
+    pos = tr.random_positions(np.random.default_rng(0), len(some), cfg.seq_len, some)
+    assert (pos.max(axis=1) < some).all() and (np.diff(pos, axis=1) > 0).all()
+    assert (pos[:3] == np.arange(cfg.seq_len)).all()  # spacing 1, as in every test prompt
+    near = pos[3:][factors[:20] < 2]
+    assert (np.diff(near, axis=1) == 1).mean() > 0.5  # rows spread below 2x are mostly spacing 1
+    assert tr.row_spans(np.random.default_rng(0), 3, RECIPES["randpos"].train) == 16 * 256  # fixed: no draw
+
+
+def test_randpos2_recipe_differs_from_randpos_only_in_the_span_draw():
+    from harness.reference.recipes import RECIPES
+
+    randpos, randpos2 = RECIPES["randpos"], RECIPES["randpos2"]
+    assert randpos2.shape == randpos.shape
+    assert replace(randpos2.train, position_span_draw="fixed") == randpos.train
+    with pytest.raises(ValueError, match="position_span_draw"):
+        replace(randpos.train, position_span_draw="uniform")
+
+
 def test_ssmax_checkpoint_saves_and_loads_its_s(tokenizer, rows, tmp_path):
     import harness
     from harness.attention import attention_modules

@@ -70,7 +70,8 @@ def _build(variant: str, chosen, out_dir: Path, *, steps, quick, progress, token
         shape = tr.ModelShape(layers=2, d_model=64, heads=4, ffn=128, positions=chosen.shape.positions)
         cfg = tr.TrainConfig(steps=steps or 30, batch_size=4, training_length=128, copy_steps=10, warmup=5,
                              eval_every=max(steps or 30, 1), eval_trials=8,
-                             eval_long_trials=4, position_span=chosen.train.position_span)
+                             eval_long_trials=4, position_span=chosen.train.position_span,
+                             position_span_draw=chosen.train.position_span_draw)
         vocab = 512
     else:
         shape = chosen.shape
@@ -157,7 +158,7 @@ def _resume_point(out_dir: Path, wanted: dict) -> Path:
     return found[-1]
 
 
-_ADDED_TRAIN_FIELDS = {"position_span": 1}
+_ADDED_TRAIN_FIELDS = {"position_span": 1, "position_span_draw": "fixed"}
 """TrainConfig fields added after checkpoints were kept, at the value that trains as before"""
 
 

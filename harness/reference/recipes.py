@@ -49,6 +49,10 @@ RECIPES: dict[str, Recipe] = {
                           "RoPE meets every position up to 16x in training while n stays <= 256, so at 1x-16x "
                           "the only new thing is n, the number of keys (a positive control for SSMax)",
                train=TrainConfig(position_span=16)),
+        Recipe("randpos2", "as randpos, but each row draws its own span log-uniformly from [1, 16] x 256, so "
+                           "neighbouring tokens sit 1 to 16 positions apart (randpos's fixed spacing of ~16 left "
+                           "contiguous test text out of distribution even at 1x)",
+               train=TrainConfig(position_span=16, position_span_draw="loguniform")),
     )
 }
 

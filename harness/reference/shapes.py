@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from harness.reference.data import Mixture
 
 POSITIONS = ("rope", "nope")
+SPAN_DRAWS = ("fixed", "loguniform")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,15 @@ class TrainConfig:
     """1: a row's positions are 0..T-1. k > 1: each training row gets sorted random position ids drawn without
     replacement from [0, k x training_length) (randomised positions): RoPE sees every position up to k x the
     training length while a row still holds T tokens, so n, the number of keys, stays <= T in training"""
+    position_span_draw: str = "fixed"
+    """fixed: every row's span is position_span x training_length. loguniform: each row draws its own factor f
+    log-uniformly from [1, position_span] and its span is max(T, f x training_length), so neighbouring tokens sit
+    about f apart: contiguous rows (f near 1, spacing 1 as in every test prompt) are as frequent as rows spread
+    over 8-16x (RoPE's long offsets); every factor-of-2 band of spacing gets the same share of rows"""
+
+    def __post_init__(self):
+        if self.position_span_draw not in SPAN_DRAWS:
+            raise ValueError(f"position_span_draw must be one of {SPAN_DRAWS}, got {self.position_span_draw!r}")
 
     @property
     def seq_len(self) -> int:

@@ -87,9 +87,19 @@ def _switch_to_ssmax(model, opt, cfg: TrainConfig) -> None:
                          "lr_scale": cfg.ssmax_lr_scale})
 
 
-def random_positions(rng: np.random.Generator, rows: int, length: int, span: int) -> np.ndarray:
-    """Sorted position ids [rows, length]: each row `length` distinct draws from [0, span) (randomised positions)."""
-    return np.stack([np.sort(rng.choice(span, size=length, replace=False)) for _ in range(rows)]).astype(np.int64)
+def random_positions(rng: np.random.Generator, rows: int, length: int, span) -> np.ndarray:
+    """Sorted position ids [rows, length]: row r holds `length` distinct draws from [0, span) (randomised positions);
+    `span` is one int for every row or one per row."""
+    spans = np.broadcast_to(np.asarray(span, dtype=np.int64), (rows,))
+    return np.stack([np.sort(rng.choice(int(s), size=length, replace=False)) for s in spans]).astype(np.int64)
+
+
+def row_spans(rng: np.random.Generator, rows: int, cfg: TrainConfig) -> np.ndarray | int:
+    """The position span of each training row under cfg.position_span_draw (fixed: one int, no draw)."""
+    if cfg.position_span_draw == "fixed":
+        return cfg.position_span * cfg.training_length
+    factors = np.exp(rng.uniform(0.0, np.log(cfg.position_span), size=rows))  # log-uniform in [1, position_span]
+    return np.maximum(cfg.seq_len, np.round(factors * cfg.training_length)).astype(np.int64)
 
 
 def weighted_loss(model, ids: torch.Tensor, w: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -224,7 +234,7 @@ def train(model, variant: str, train_rows: RowMaker, heldout_rows: RowMaker, cfg
             ids, w = torch.as_tensor(ids_np), torch.as_tensor(w_np)
             positions = None
             if cfg.position_span > 1:  # drawn after the batch from the same (seed, step) generator
-                positions = torch.as_tensor(random_positions(rng, *ids_np.shape, cfg.position_span * cfg.training_length))
+                positions = torch.as_tensor(random_positions(rng, *ids_np.shape, row_spans(rng, len(ids_np), cfg)))
             lr = cfg.lr * min(1.0, step / max(1, cfg.warmup))
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -304,4 +314,4 @@ def recipe(variant: str, shape: ModelShape, cfg: TrainConfig, corpus_fingerprint
 
 __all__ = ["ModelShape", "TrainConfig", "TrainState", "build_model", "train", "evaluate", "save_checkpoint",
            "save_train_state", "load_train_state", "restore_weights",
-           "recipe", "weighted_loss", "random_positions", "log_fields", "model_config", "TokenStream", "replace"]
+           "recipe", "weighted_loss", "random_positions", "row_spans", "log_fields", "model_config", "TokenStream", "replace"]
