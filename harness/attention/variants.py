@@ -12,7 +12,8 @@ Family specifics the fast path keeps (tests/test_families.py checks each against
   skipped altogether (`None`) means plain causal rows, aligned the way SDPA's `is_causal` aligns them;
 - logit softcapping (Gemma2's `softcap`: z -> cap*tanh(z/cap)) cannot be expressed as a scale on q. The softcapped
   logit is the score that enters softmax, so the variant scales it AFTER capping: softmax(m(n_i) * cap*tanh(z/cap)).
-  Such calls take `materialised_attention` (exact, a chunk of query rows at a time over the keys the chunk sees);
+  Such calls take FlexAttention on CUDA (harness.attention.softcap: the cap and m(n_i) in its score_mod) and
+  `materialised_attention` elsewhere (exact, a chunk of query rows at a time over the keys the chunk sees);
 - attention sinks (`s_aux`) or a position bias are refused with a UserError rather than silently dropped.
 """
 
@@ -29,6 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from harness.attention.spec import AttentionSpec, resolve_spec
 from harness.errors import UserError
 from harness.attention.key_pattern import KeyPattern, pattern_attention, pattern_mask
+from harness.attention.softcap import flex_failed, flex_softcap, use_flex
 
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
@@ -181,6 +183,17 @@ def lch_attention(module, query, key, value, attention_mask, **kwargs):
     if isinstance(attention_mask, KeyPattern) and dropout:
         attention_mask = attention_mask.dense(query.device)  # training with dropout: the ordinary masked path
     if kwargs.get("softcap") is not None:
+        if isinstance(attention_mask, KeyPattern) and use_flex(query.device):
+            try:
+                scale = query_scale(module, attention_mask.counts(query.device))
+                output = flex_softcap(query, key, value, attention_mask, kwargs.get("scaling"), kwargs["softcap"],
+                                      scale)
+                _ran("flex_softcap")
+                return output.transpose(1, 2).contiguous(), None
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # e.g. no Triton kernel for this GPU and head size: the exact path below
+                flex_failed(error)
         output, _ = materialised_attention(module, query, key, value, attention_mask, **kwargs)
         _ran("materialised_softcap")
         return output, None
