@@ -184,6 +184,7 @@ class AttentionProbeTask(NeedleTask):
 
     Params = ProbeParams
     tables = ("needle_score", "attention_fading", "prompts")
+    tensor_parallel = False  # its tables are per head, and --device-map tp leaves each process some of them
     added_params = {**NeedleTask.added_params, "prompts": "needle", "data": "", "icl": True}
 
     def cells(self, params: ProbeParams) -> list[dict]:

@@ -87,7 +87,9 @@ def test_unservable_requests_refused_before_weights_load(tiny_checkpoint, monkey
     _one_line(lambda: load_model(str(_with_dtype(tiny_checkpoint(), "float16")), dtype="auto"), "float16 on CPU")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _one_line(lambda: load_model(str(path), device="cuda"), "CUDA is not available")
-    _one_line(lambda: load_model(str(path), device_map="tp"), "tensor parallel .* not supported")
+    _one_line(lambda: load_model(str(path), device_map="tp"), "processes of torchrun")
+    monkeypatch.setenv("WORLD_SIZE", "3")  # 4 heads
+    _one_line(lambda: load_model(str(path), device_map="tp"), "do not split evenly over 3")
 
 
 def test_cuda_limits_refused(tiny_checkpoint, fake_cuda, monkeypatch):

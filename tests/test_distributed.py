@@ -229,3 +229,64 @@ def test_killed_rank_then_world_size_one_finishes_every_cell_once(model, tmp_pat
     assert len(df) == 10 and not df.duplicated(["length", "trial"]).any()
     assert len(list((out / "k" / "cells").glob("*.json"))) == 10
     assert results.read_manifest(out / "k")["cells_done"] == 10
+
+
+TP_SCRIPT = """import sys
+sys.path.insert(0, {root!r})
+from harness.cli import app
+app()
+"""
+
+
+@pytest.fixture(scope="module")
+def ssmax_model(tmp_path_factory):
+    """A tiny Llama with learned SSMax s that differs per head (so a head given another's s changes the answer)."""
+    from tests.tiny import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ssmax") / "tiny-ssmax", ssmax=True, seed=5)
+
+
+def _torchrun_cli(tmp_path, args):
+    script = tmp_path / "lch_tp.py"
+    script.write_text(TP_SCRIPT.format(root=str(ROOT)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args,
+           "--no-progress", "--device", "cpu"]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_tensor_parallel_needle_equals_a_single_process_run(ssmax_model, tmp_path):
+    # real torchrun, 2 CPU processes, transformers' tp_plan: each process holds 2 of the 4 heads and their s
+    params = {"lengths": "96,160", "depths": "0,1", "trials": 2}
+    out = tmp_path / "out"
+    single = run_task("needle", [str(ssmax_model)], params, out_root=out, name="single", progress=False)
+    grid = [x for k, v in params.items() for x in ("-T", f"{k}={v}")]
+    res = _torchrun_cli(tmp_path, ["run", "needle", "--model", str(ssmax_model), "--device-map", "tp", *grid,
+                                   "--out", str(out), "--name", "tp"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run dir:") == 1  # rank 0 alone saves and reports
+    want, got = results.load_run(single)["needle"], results.load_run(out / "tp")["needle"]
+    assert len(got) == 8
+    same = ["context_length", "depth", "trial", "answer", "prediction", "correct", "attention"]
+    pd.testing.assert_frame_equal(got[same], want[same])
+    assert (got["answer_nll"] - want["answer_nll"]).abs().max() < 1e-4  # a head given another's s moves it ~0.1
+    # the probe's tables are per head: refused in one line, before any weights load
+    res = _torchrun_cli(tmp_path, ["run", "attention_probe", "--model", str(ssmax_model), "--device-map", "tp",
+                                   "-T", "lengths=96", "--out", str(out), "--name", "probe"])
+    assert res.returncode != 0 and "exitcode  : 2" in res.stderr  # torchrun reports each process's exit 2
+    assert res.stderr.count("error: task 'attention_probe' reads attention per head") == 2
+
+
+def test_tensor_parallel_keeps_each_process_its_own_heads_s(ssmax_model, monkeypatch):
+    import torch
+
+    from harness.attention import attention_modules
+
+    model = loading.load_model(str(ssmax_model)).model
+    full = [m.ssmax_s.detach().clone() for _, m in attention_modules(model)]
+    assert all(len(set(s.tolist())) == 4 for s in full)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    loading.keep_local_heads(model)
+    for s, (_, m) in zip(full, attention_modules(model)):
+        assert torch.equal(m.ssmax_s, s[2:]) and isinstance(m.ssmax_s, torch.nn.Parameter)

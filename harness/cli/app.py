@@ -148,7 +148,7 @@ def run(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="run name (default: task + hash of the configuration)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:<index>")] = "auto",
-    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: spread one model too large for a GPU over all GPUs (needs accelerate); tp: not supported yet")] = None,
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: spread one model too large for a GPU over all GPUs, layer by layer (needs accelerate); tp: split every layer's heads over the processes of torchrun (tensor parallel)")] = None,
     dtype: Annotated[Optional[DType], typer.Option(help="weights dtype (default: float32 on CPU, the checkpoint's bf16/fp16 on CUDA)")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights (pickle)")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,

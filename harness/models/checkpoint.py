@@ -224,6 +224,8 @@ def describe_model(spec: str, attention: str | AttentionSpec | None = None, rope
     name, path = resolve_checkpoint(spec, allow_pickle)
     config = read_config(path)
     families.check_architecture(config)
+    if device_map == devices.TENSOR_PARALLEL:
+        check_tensor_parallel(name, config)
     files = weight_files(path, allow_pickle)
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"checkpoint {name!r} needs custom code (auto_map); pass --trust-remote-code if you trust it")
@@ -278,18 +280,33 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def check_device_map(device_map: str) -> None:
-    """Refuse an unknown or unsupported device_map, or one given without accelerate installed."""
-    from harness.models.devices import UNSUPPORTED_MAPS
+    """Refuse an unknown device_map, or an accelerate map given without accelerate installed."""
+    from harness.models.devices import TENSOR_PARALLEL
 
-    if device_map in UNSUPPORTED_MAPS:
-        raise UserError(UNSUPPORTED_MAPS[device_map])
+    if device_map == TENSOR_PARALLEL:
+        return
     if device_map not in DEVICE_MAPS:
-        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}")
+        raise UserError(f"unknown device map {device_map!r}; allowed: {', '.join(DEVICE_MAPS)}, {TENSOR_PARALLEL}")
     try:
         import accelerate  # noqa: F401
     except ImportError:
         raise UserError(f"device_map={device_map!r} needs accelerate: "
                         "pip install 'long-context-harness[scale]'") from None
+
+
+def check_tensor_parallel(name: str, config: dict[str, Any]) -> None:
+    """Refuse --device-map tp outside torchrun or for heads that do not split evenly over its processes."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world < 2:
+        raise UserError("--device-map tp splits every layer's heads over the processes of torchrun; start it as "
+                        "torchrun --nproc_per_node N lch run ... (one process per GPU)")
+    heads = int(config.get("num_attention_heads", 0))
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    if heads % world or kv_heads % world:
+        raise UserError(f"{name!r} has {heads} attention heads and {kv_heads} key/value heads, which do not split "
+                        f"evenly over {world} tensor-parallel processes")
 
 
 def resolve_device(device: str) -> str:

@@ -17,8 +17,8 @@ from harness.errors import UserError
 HALF = ("bfloat16", "float16")
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 ALLOC_DEFAULT = "expandable_segments:True"
-UNSUPPORTED_MAPS = {"tp": "tensor parallel (--device-map tp) is not supported yet; use --device-map auto "
-                          "(layers over all GPUs) or torchrun (one model copy per GPU)"}
+TENSOR_PARALLEL = "tp"
+"""--device-map tp: every layer's heads split over the processes of torchrun (transformers' tp_plan)"""
 
 
 def checkpoint_dtype(config: dict[str, Any]) -> str:
@@ -45,8 +45,6 @@ def default_dtype(config: dict[str, Any], cuda: bool) -> str:
 
 def check_serving(device: str, dtype: str, device_map: str | None = None, *, warn=None) -> None:
     """Refuse (one line) a device/dtype pair the harness cannot run; warn once for float32 on CUDA."""
-    if device_map in UNSUPPORTED_MAPS:
-        raise UserError(UNSUPPORTED_MAPS[device_map])
     cuda = on_cuda(device, device_map)
     if not cuda and dtype == "float16":
         raise UserError("float16 on CPU is not supported (many CPU kernels lack it, and it overflows); "
@@ -70,6 +68,8 @@ def _warn(message: str) -> None:
 
 def placement(device: str, device_map: str | None) -> dict[str, Any]:
     """from_pretrained arguments that put the weights straight where they run (no CPU copy then .to())."""
+    if device_map == TENSOR_PARALLEL:  # transformers joins the process group's mesh and binds cuda:LOCAL_RANK
+        return {"tp_plan": "auto"}
     if device_map is not None:
         return {"device_map": device_map}
     if device == "cpu":

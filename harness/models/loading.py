@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from harness.models.devices import placement
+from harness.models.devices import TENSOR_PARALLEL, placement
 from harness.models.checkpoint import LoadedModel, ModelInfo, describe_model, fingerprint, weight_files
 from harness.errors import UserError
 
@@ -54,6 +54,9 @@ def load_described(info: ModelInfo) -> LoadedModel:
         changed = {kind: base for kind, base in info.rope_bases if base is not None and current.get(kind) != base}
         if changed:
             families.set_rope_theta(config, per_type=changed)
+        if device_map == TENSOR_PARALLEL and not getattr(config, "base_model_tp_plan", None):
+            raise UserError(f"{info.name!r} ({type(config).__name__}) has no tensor-parallel plan in transformers; "
+                            f"use --device-map auto")
         # weights straight onto their device (a CUDA model never exists on the host first)
         model = _load_weights(path, config, info, allow_pickle, trust_remote_code, placement(info.device, device_map))
         tokenizer = _load_tokenizer(path, trust_remote_code)
@@ -61,6 +64,8 @@ def load_described(info: ModelInfo) -> LoadedModel:
         hf_logging.set_verbosity(level)
     if info.checkpoint_attention == "ssmax":
         load_ssmax_parameters(model, path)
+        if device_map == TENSOR_PARALLEL:
+            keep_local_heads(model)
     apply_attention(model, info.spec, info.training_length)
     if device_map is None:
         model.to(info.device)  # a no-op for the weights; anything added on the host (none today) follows
@@ -129,6 +134,25 @@ def _load_tokenizer(path: Path, trust_remote_code: bool):
     # The harness tokenises whole documents and never truncates: a context limit is the model's, not the tokenizer's.
     tokenizer.model_max_length = VERY_LARGE_LENGTH
     return tokenizer
+
+
+def keep_local_heads(model) -> None:
+    """Under tensor parallelism: slice each layer's ssmax_s (and ssmax_b) to the heads this process holds.
+
+    transformers' tp_plan splits q_proj by output features, so rank r of w holds heads r*H/w .. (r+1)*H/w - 1.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from harness.attention import attention_modules
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for _, module in attention_modules(model):
+        for name in ("ssmax_s", "ssmax_b"):
+            full = getattr(module, name, None)
+            if full is not None:
+                local = full.shape[0] // world
+                setattr(module, name, torch.nn.Parameter(full.detach()[rank * local:(rank + 1) * local].clone()))
 
 
 def load_ssmax_parameters(model, path: Path) -> None:

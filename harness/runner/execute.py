@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.models.devices import TENSOR_PARALLEL
 from harness.runner import distributed, rundir
 from harness.runner.plan import Cell, RunPlan, cell_seed, plan_run
 
@@ -50,13 +51,17 @@ def execute(plan: RunPlan, *, progress: bool = True) -> Path:
     """
     rank, world = distributed.shard()
     mapped = next((i.device_map for i in plan.infos if i.device_map is not None), None)
-    if world > 1 and mapped is not None:
+    tensor_parallel = mapped == TENSOR_PARALLEL
+    if world > 1 and mapped is not None and not tensor_parallel:
         raise UserError(f"--device-map spreads one model over all devices in one process; do not combine it "
                         f"with torchrun (WORLD_SIZE={world})")
+    if tensor_parallel and not plan.task.tensor_parallel:
+        raise UserError(f"task {plan.task.name!r} reads attention per head, and --device-map tp splits the heads over "
+                        f"processes; run it with torchrun alone (one model copy per GPU) or --device-map auto")
     device = distributed.local_device(plan.infos[0].device, world)
     joined = distributed.join_group(world, device)
     try:
-        return _execute(plan, rank, world, progress, device)
+        return _execute(plan, rank, world, progress, device, tensor_parallel)
     finally:
         if joined:
             import torch.distributed as dist
@@ -64,7 +69,7 @@ def execute(plan: RunPlan, *, progress: bool = True) -> Path:
             dist.destroy_process_group()
 
 
-def _execute(plan: RunPlan, rank: int, world: int, progress: bool, device: str) -> Path:
+def _execute(plan: RunPlan, rank: int, world: int, progress: bool, device: str, tensor_parallel: bool) -> Path:
     run_dir, cells = plan.run_dir, plan.cells
     fresh = not run_dir.exists()
     rundir.writing(run_dir / "cells", lambda: (run_dir / "cells").mkdir(parents=True, exist_ok=True))
@@ -79,10 +84,12 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, device: str) 
     # Only pending cells are shared out; every rank uses rank 0's view of what is pending, taken
     # before anyone computes, so no cell is skipped or done twice.
     pending = distributed.agreed_pending(plan, world)
-    mine = distributed.assign_cells(pending, world)[rank]
+    # tensor parallel: every process computes every cell together (each holds some heads); rank 0 saves them
+    mine = pending if tensor_parallel else distributed.assign_cells(pending, world)[rank]
     try:
         with _deferred_sigint() as stop:
-            _run_pending(plan, mine, stop, progress=progress and rank == 0, device=device)
+            _run_pending(plan, mine, stop, progress=progress and rank == 0, device=device,
+                         save=rank == 0 or not tensor_parallel)
     except BaseException as e:
         if isinstance(e, UserError) and fresh and world == 1 and not any((run_dir / "cells").iterdir()):
             # bad input found once the model was loaded (e.g. a tokenizer-dependent minimum length):
@@ -107,13 +114,15 @@ def _execute(plan: RunPlan, rank: int, world: int, progress: bool, device: str) 
     return run_dir
 
 
-def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> None:
-    """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done."""
+def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str, save: bool = True) -> None:
+    """Compute the unfinished ones of `cells`, one model loaded at a time, each saved as soon as it is done
+    (`save` False: computed only, as a tensor-parallel process other than rank 0 does)."""
     from tqdm.auto import tqdm
 
     from harness.models import loading
 
-    pending = [c for c in cells if rundir.load_cell(plan.cell_path(c), c.key) is None]
+    # a tensor-parallel rank 0 saves cells while the others still list theirs: those lists are the agreed ones
+    pending = [c for c in cells if not save or rundir.load_cell(plan.cell_path(c), c.key) is None]
     total_cost = sum(c.cost for c in cells)
     done = len(cells) - len(pending)
     bar = None  # drawn once the first weights have loaded: a loading error is not preceded by a "0/N cells" bar
@@ -133,7 +142,9 @@ def _run_pending(plan: RunPlan, cells, stop, *, progress: bool, device: str) -> 
             for cell in todo:
                 if stop.is_set():
                     break
-                rundir.write_json(plan.cell_path(cell), _run_cell(plan.task, plan.params, loaded, state, cell))
+                document = _run_cell(plan.task, plan.params, loaded, state, cell)
+                if save:
+                    rundir.write_json(plan.cell_path(cell), document)
                 done += 1
                 bar.set_postfix_str(f"{done}/{len(cells)} cells")
                 bar.update(cell.cost)

@@ -41,6 +41,7 @@ class Task:
     # cell keys and of the default run name: toggling one resumes the same run)
     version: int = 1  # bump when results of the same cell change meaning (invalidates finished cells)
     added_params: dict = {}  # parameter -> value: added later, left out of cell keys at that value (old runs resume)
+    tensor_parallel: bool = True  # whether cells can run on a model whose heads are split over processes
 
     def cells(self, params) -> list[dict]:
         """The independent units of work: JSON-able coordinates, e.g. {"context_length": 256, "depth": 0.5}."""
