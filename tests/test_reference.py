@@ -139,6 +139,16 @@ def test_loguniform_row_spans_cover_contiguous_and_16x_rows():
     assert tr.row_spans(np.random.default_rng(0), 3, RECIPES["randpos"].train) == 16 * 256  # fixed: no draw
 
 
+def test_demo_raises_the_base_as_the_pair_recipe_says():
+    from harness.cli.demo import demo_plan, pair_models
+    from harness.reference.recipes import RECIPES
+
+    raised = demo_plan(quick=True, **pair_models("base"))
+    assert {m.rope_theta for m in raised.models} == {500_000.0}  # the paper's 50x on the base pair
+    kept = demo_plan(quick=True, **pair_models("base"), theta_factor=RECIPES["randpos2"].eval_theta_factor)
+    assert {m.rope_theta for m in kept.models} == {10_000.0}  # trained on positions up to 16x: no raise
+
+
 def test_randpos2_recipe_differs_from_randpos_only_in_the_span_draw():
     from harness.reference.recipes import RECIPES
 

@@ -1,8 +1,9 @@
-"""`lch demo`: the paper's three evaluations on the reference pair, offline, then one comparison report.
+"""`lch demo`: the paper's three evaluations on a reference pair, offline, then one comparison report.
 
-Models: reference/softmax (a), reference/ssmax (b), and reference/softmax switched post hoc to
-ssmax(s=auto) (e); RoPE theta raised 50x at evaluation as in the paper; context lengths up to 16x
-the training length.
+Models: the pair's softmax model (a), its SSMax model (b), and the softmax model switched post hoc to
+ssmax(s=auto) (e); RoPE theta raised at evaluation as the pair's recipe says (50x as in the paper for
+pairs trained on positions 0..L-1; not at all for pairs trained on positions up to 16x); context lengths
+up to 16x the training length.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 THETA_FACTOR = 50
+"""the paper's raise of the RoPE base at evaluation (a pair's recipe may say otherwise)"""
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -28,14 +30,15 @@ class DemoPlan:
     """parameters of the attention_probe run"""
 
 
-def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: str = "reference/ssmax") -> DemoPlan:
+def demo_plan(quick: bool = False, softmax: str = "reference/softmax", ssmax: str = "reference/ssmax",
+              theta_factor: float = THETA_FACTOR) -> DemoPlan:
     """The demo's models and task parameters; `quick` is a small grid (tests, notebooks) of the same form."""
     from harness.models.checkpoint import describe_model
     from harness.runner import ModelRequest
 
     info = describe_model(softmax)
     # RoPE models: the base raised 50x at evaluation, as in the paper; NoPE models have none to raise
-    train, theta = info.training_length or 256, info.rope_theta * THETA_FACTOR if info.rope_theta else None
+    train, theta = info.training_length or 256, info.rope_theta * theta_factor if info.rope_theta else None
     models = (ModelRequest(softmax, "softmax", theta), ModelRequest(ssmax, None, theta),
               ModelRequest(softmax, "ssmax(s=auto)", theta))
     factors = (1, 4) if quick else (1, 2, 4, 8, 16)
@@ -62,7 +65,9 @@ def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, 
     from harness.report import compare_runs
     from harness.runner import run_task
 
-    plan = demo_plan(quick, **{**pair_models(pair), **models})
+    from harness.reference.recipes import get_recipe
+
+    plan = demo_plan(quick, **{**pair_models(pair), "theta_factor": get_recipe(pair).eval_theta_factor, **models})
     name = "demo" if pair == "base" else f"demo-{pair}"
     demo_dir = Path(out_root) / (f"{name}-quick" if quick else name)
     runs = [run_task(task, list(plan.models), getattr(plan, task), out_root=demo_dir, progress=progress)

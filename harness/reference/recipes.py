@@ -27,6 +27,9 @@ class Recipe:
     """curriculum and optimiser"""
     min_retrieval: float = 0.75
     """needle accuracy at the training length a shipped pair of this recipe must reach (tests check it)"""
+    eval_theta_factor: float = 50.0
+    """how much `lch demo` raises the RoPE base at evaluation (50x, as in the paper; 1: positions up to 16x were
+    trained on, so the base stays)"""
 
     def model_name(self, variant: str) -> str:
         """The reference model name of this recipe's `variant` (without the `reference/` prefix)."""
@@ -48,11 +51,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe("randpos", "as base, but each training row gets sorted random position ids from [0, 16 x 256): "
                           "RoPE meets every position up to 16x in training while n stays <= 256, so at 1x-16x "
                           "the only new thing is n, the number of keys (a positive control for SSMax)",
-               train=TrainConfig(position_span=16)),
+               train=TrainConfig(position_span=16), eval_theta_factor=1.0),
         Recipe("randpos2", "as randpos, but each row draws its own span log-uniformly from [1, 16] x 256, so "
                            "neighbouring tokens sit 1 to 16 positions apart (randpos's fixed spacing of ~16 left "
                            "contiguous test text out of distribution even at 1x)",
-               train=TrainConfig(position_span=16, position_span_draw="loguniform")),
+               train=TrainConfig(position_span=16, position_span_draw="loguniform"), eval_theta_factor=1.0),
     )
 }
 
