@@ -217,20 +217,21 @@ def _log_without_time(path):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(path.open())]
 
 
-@pytest.mark.parametrize("variant,kept", [("ssmax", 3), ("ssmax-late", 9)])  # ssmax-late switches after step 8
-def test_resumed_build_equals_an_uninterrupted_one(tmp_path, variant, kept, quick_tokenizer):
+@pytest.mark.parametrize("variant,kept,recipe", [("ssmax", 3, "base"), ("ssmax-late", 9, "base"),  # late: after 8
+                                                 ("softmax", 6, "randpos2")])  # positions drawn per row and step
+def test_resumed_build_equals_an_uninterrupted_one(tmp_path, variant, kept, recipe, quick_tokenizer):
     import shutil
 
     from safetensors.torch import load_file
 
-    whole = _quick(variant, tmp_path / "whole", quick_tokenizer)
-    cut = _quick(variant, tmp_path / "cut", quick_tokenizer, keep_checkpoints=True)
+    whole = _quick(variant, tmp_path / "whole", quick_tokenizer, recipe=recipe)
+    cut = _quick(variant, tmp_path / "cut", quick_tokenizer, keep_checkpoints=True, recipe=recipe)
     for later in sorted((cut / "checkpoints").glob("step_*")):
         if int(later.name.split("_")[1]) > kept:  # as if the run had died after step `kept`
             shutil.rmtree(later)
     for name in ("model.safetensors", "train_log.csv"):
         (cut / name).unlink()
-    assert _quick(variant, tmp_path / "cut", quick_tokenizer, resume=True) == cut
+    assert _quick(variant, tmp_path / "cut", quick_tokenizer, resume=True, recipe=recipe) == cut
     a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _log_without_time(whole / "train_log.csv") == _log_without_time(cut / "train_log.csv")
@@ -304,7 +305,8 @@ def test_committed_pair_loads_and_differs_only_in_attention(recipe):
 # What the shipped pair measures at its training length (CPU, float32, greedy: deterministic), per recipe and
 # variant: needle cells correct out of 12 (depths 0, 0.5, 1 x 4 trials) and mean position_loss NLL (4 docs).
 # Ship a new pair -> measure it and pin it here.
-MEASURED = {"base": {"softmax": (11, 2.484), "ssmax": (12, 2.580)}}
+MEASURED = {"base": {"softmax": (11, 2.484), "ssmax": (12, 2.580)},
+            "randpos2": {"softmax": (2, 2.844), "ssmax": (9, 2.955)}}
 CORRECT_MARGIN = 1  # cells of 12: one near-tie may flip on another BLAS or device
 NLL_MARGIN = 0.02  # nats; the two variants differ by 0.096
 

@@ -292,7 +292,7 @@ def compare(
 def demo(
     out: Annotated[Path, typer.Option(help="output root")] = Path("results"),
     quick: Annotated[bool, typer.Option("--quick", help="a small grid of the same form")] = False,
-    pair: Annotated[str, typer.Option(help="reference pair by recipe (lch reference list): base, nope, ...")] = "base",
+    pair: Annotated[str, typer.Option(help="reference pair by recipe (lch reference list): randpos2 (default), base")] = "randpos2",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """The main job on an embedded reference pair, offline; ends with a comparison report."""

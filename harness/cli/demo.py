@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_PAIR = "randpos2"
+"""the pair `lch demo` runs: the first whose retrieval shows attention fading past the training length"""
 THETA_FACTOR = 50
 """the paper's raise of the RoPE base at evaluation (a pair's recipe may say otherwise)"""
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -60,7 +62,8 @@ def pair_models(recipe: str) -> dict:
     return {v: f"reference/{chosen.model_name(v)}" for v in ("softmax", "ssmax")}
 
 
-def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, pair: str = "base", **models) -> Path:
+def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, pair: str = DEFAULT_PAIR,
+             **models) -> Path:
     """Run the three tasks on a reference pair (resuming finished cells) and write the comparison; returns report.html."""
     from harness.report import compare_runs
     from harness.runner import run_task
@@ -68,7 +71,7 @@ def run_demo(out_root="results", *, quick: bool = False, progress: bool = True, 
     from harness.reference.recipes import get_recipe
 
     plan = demo_plan(quick, **{**pair_models(pair), "theta_factor": get_recipe(pair).eval_theta_factor, **models})
-    name = "demo" if pair == "base" else f"demo-{pair}"
+    name = "demo" if pair == DEFAULT_PAIR else f"demo-{pair}"
     demo_dir = Path(out_root) / (f"{name}-quick" if quick else name)
     runs = [run_task(task, list(plan.models), getattr(plan, task), out_root=demo_dir, progress=progress)
             for task in ("position_loss", "needle", "attention_probe")]
