@@ -40,8 +40,8 @@ SUPPORTED_FAMILIES: dict[str, Family] = {
     "qwen3": Family("Qwen3", "layers >= `max_window_layers` when `use_sliding_window`", "one base", "q/k RMSNorm"),
     "gemma": Family("Gemma", "none", "one base", "head_dim independent of hidden size"),
     "gemma2": Family("Gemma 2", "alternate layers (`layer_types`)", "one base",
-                     "attention logit softcapping: exact materialised path, the variant scales the capped logit; "
-                     "`query_pre_attn_scalar` scaling; final logit softcapping"),
+                     "attention logit softcapping: the variant scales the capped logit (FlexAttention on CUDA, "
+                     "materialised on CPU); `query_pre_attn_scalar` scaling; final logit softcapping"),
     "gemma3_text": Family("Gemma 3 (text)", "`layer_types` (5 local : 1 global)",
                           "two bases: `full_attention` (global; the one --rope-theta sets) and `sliding_attention` (local)",
                           "`query_pre_attn_scalar` scaling; q/k RMSNorm"),
