@@ -196,6 +196,7 @@ def test_softcap_path_in_small_row_chunks(monkeypatch):
     model = make(case)
     ids = tokens(96)
     monkeypatch.setattr(variants, "MATERIALISED_ELEMENTS", 2 * 4 * 96 * 7)  # 7 rows of 96 keys per chunk
+    monkeypatch.setattr(variants, "MATERIALISED_MIN_ROWS", 1)
     for spec in ("ssmax", "temp(beta=0.5,floor=32)"):
         assert maxdiff(fast(model, spec, ids), reference(model, case, spec, ids)) <= TOL, spec
 

@@ -35,7 +35,10 @@ from harness.attention.softcap import flex_failed, flex_softcap, use_flex
 IMPLEMENTATION = "lch"
 EAGER_IMPLEMENTATION = "lch_eager"
 QUERY_PROJECTIONS = ("q_proj", "qkv_proj")  # Phi-3 packs q, k, v in one projection
-MATERIALISED_ELEMENTS = 1 << 22  # score elements per row chunk of the materialised (softcap) path
+MATERIALISED_ELEMENTS = 1 << 20  # score elements per row chunk of the materialised (softcap) path: 4 MiB of fp32
+# scores stay in cache through tanh, scale and softmax (measured at 4k: 10% faster than 1 << 22)
+MATERIALISED_MIN_ROWS = 32  # but never fewer rows: each chunk reads every key it sees once (at 128k, 2-row chunks
+# would read the keys 64k times)
 
 
 def attention_modules(model: nn.Module) -> list[tuple[int, nn.Module]]:
@@ -274,7 +277,7 @@ def materialised_attention(module, query, key, value, attention_mask, scaling=No
     keys_t = key.float().transpose(2, 3)
     values = value.float()
     chunk_elements = MATERIALISED_ELEMENTS if chunk_elements is None else chunk_elements
-    chunk = q_len if return_weights else max(1, chunk_elements // max(1, batch * heads * kv_len))
+    chunk = q_len if return_weights else max(MATERIALISED_MIN_ROWS, chunk_elements // max(1, batch * heads * kv_len))
     outputs, all_weights = [], []
     pattern = attention_mask if isinstance(attention_mask, KeyPattern) and not return_weights else None
     scratch = None
