@@ -8,7 +8,7 @@ kernel skips the blocks no row sees and never writes a score to memory.
 
 Which kernel runs is decided per device: compiled FlexAttention on CUDA; the materialised path on CPU, where
 compiled FlexAttention measured 3.8x SDPA's time at 4k after a 60 s compile while the materialised path costs
-1.5-1.8x (see docs/architecture.md). `SOFTCAP_KERNEL` overrides the choice (the tests run the flex kernel
+1.3-1.55x an uncapped forward (see docs/architecture.md). `SOFTCAP_KERNEL` overrides the choice (the tests run the flex kernel
 uncompiled on CPU against the materialised reference).
 """
 
@@ -25,6 +25,7 @@ SOFTCAP_KERNEL: str | None = None
 """None: "flex" on CUDA, "materialised" elsewhere; set "flex" or "materialised" to force one"""
 
 _FLEX_BROKEN: list[str] = []
+"""names of the errors FlexAttention raised in this process (non-empty: the materialised path from then on)"""
 
 
 def use_flex(device: torch.device) -> bool:
@@ -64,9 +65,7 @@ def _flex_kernel(device: torch.device):
         return _compiled_flex()
     from torch.nn.attention.flex_attention import flex_attention
 
-    with warnings.catch_warnings():  # flex_attention warns that it runs unfused when not compiled: expected on CPU
-        warnings.simplefilter("ignore")
-        return flex_attention
+    return flex_attention
 
 
 def flex_softcap(query, key, value, pattern: KeyPattern, scaling: float | None, softcap: float,
@@ -86,7 +85,7 @@ def flex_softcap(query, key, value, pattern: KeyPattern, scaling: float | None, 
         return torch.tanh(score / softcap) * mult[b, h, q_idx]
 
     kernel = _flex_kernel(query.device)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # uncompiled flex_attention warns that it runs unfused: expected off CUDA
         warnings.simplefilter("ignore")
         return kernel(query, key, value, score_mod=capped, block_mask=_block_mask(pattern, str(query.device)),
                       scale=scaling, enable_gqa=key.shape[1] != heads)
