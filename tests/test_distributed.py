@@ -274,7 +274,8 @@ def test_tensor_parallel_needle_equals_a_single_process_run(ssmax_model, tmp_pat
     res = _torchrun_cli(tmp_path, ["run", "attention_probe", "--model", str(ssmax_model), "--device-map", "tp",
                                    "-T", "lengths=96", "--out", str(out), "--name", "probe"])
     assert res.returncode != 0 and "exitcode  : 2" in res.stderr  # torchrun reports each process's exit 2
-    assert res.stderr.count("error: task 'attention_probe' reads attention per head") == 2
+    # the first process to exit makes torchrun stop the other, which may not have printed yet
+    assert res.stderr.count("error: task 'attention_probe' reads attention per head") >= 1
 
 
 def test_tensor_parallel_keeps_each_process_its_own_heads_s(ssmax_model, monkeypatch):
